@@ -1,0 +1,54 @@
+"""The seed experiment: the original TF1 Fashion-MNIST CNN, number for number.
+
+Every other config imports this one and overrides only what differs.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # --- Run -------------------------------------------------------------------
+  config.seed = 0  # Root PRNG seed: init = fold_in(seed, 0); shuffle(epoch) = fold_in(fold_in(seed, 1), epoch).
+
+  # --- Data ------------------------------------------------------------------
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = "fashion_mnist"  # TFDS name of the dataset.
+  config.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir (None: TFDS default, ~/tensorflow_datasets).
+  config.data.manual_dir = ml_collections.config_dict.placeholder(str)  # Folder holding the four original .gz files; TFDS reads them instead of downloading.
+  config.data.idx_dirs = ("/usr/share/datasets/fashion-mnist",)  # Offline fallback: folders with the IDX files (Debian's dataset-fashion-mnist).
+
+  # --- Model -----------------------------------------------------------------
+  config.model = ml_collections.ConfigDict()
+  config.model.conv_features = (64, 64)  # Output channels of conv1 and conv2.
+  config.model.kernel_size = (5, 5)  # Convolution window (SAME padding).
+  config.model.pool_size = (2, 2)  # Max-pool window and stride after each conv.
+  config.model.dense_features = 1024  # Width of the hidden dense layer.
+  config.model.num_classes = 10  # Output logits.
+  config.model.activation = "elu"  # Nonlinearity after each conv and the dense layer (any flax.linen activation name).
+  config.dtype = "float32"  # Compute dtype ("float32" or "bfloat16"); parameters and Adam state stay float32.
+
+  # --- Optimizer (Adam) ------------------------------------------------------
+  config.learning_rate = 0.001  # Adam step size.
+  config.b1 = 0.9  # Adam beta1.
+  config.b2 = 0.999  # Adam beta2.
+  config.eps = 1e-8  # Adam epsilon.
+
+  # --- Schedule --------------------------------------------------------------
+  config.batch_size = 250  # Global training batch (split over devices).
+  config.num_epochs = 4  # Training length in epochs, used when num_train_steps <= 0.
+  config.num_train_steps = -1  # > 0 overrides num_epochs; -1 derives it from num_epochs.
+  config.eval_batch_size = 1000  # Evaluation batch; the test split is padded to a multiple and masked.
+
+  # --- Logging and checkpoints -----------------------------------------------
+  config.log_every_steps = 100  # Train metrics averaged over this window, written and logged.
+  config.eval_every_steps = 40  # Full test-split evaluation interval (and at the last step).
+  config.checkpoint_every_steps = 240  # Checkpoint interval (one epoch); the last step is always saved.
+  config.max_checkpoints_to_keep = 3  # Orbax keeps the newest few steps.
+
+  # --- Execution -------------------------------------------------------------
+  config.fuse_steps = "auto"  # Run the steps between two log/eval points as one lax.scan: "auto" (by backend), "on", "off".
+  config.halt_on_nan = True  # Stop with an error when the loss turns NaN/Inf (the last good checkpoint is kept).
+  config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)  # Persistent XLA compilation cache folder (None: off).
+  return config

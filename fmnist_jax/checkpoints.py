@@ -1,0 +1,88 @@
+"""The one place that talks to Orbax: save, find and restore training state in `<workdir>/checkpoints`.
+
+Each step is stored as two items: `params` (all that prediction needs) and `train` (step and
+optimizer state), so predict restores parameters alone and a shipped model can omit the rest.
+A step that fails to restore (a truncated file, missing metadata, an interrupted save) is
+reported and skipped for the newest step that restores; nothing is ever deleted to recover.
+"""
+
+import os
+from typing import Any, Optional, Tuple
+
+from absl import logging
+import orbax.checkpoint as ocp
+
+from fmnist_jax import errors
+
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)  # Orbax rejects relative paths.
+
+
+class Checkpointer:
+  """An Orbax CheckpointManager with async saves, keep-last-N, and corruption fallback."""
+
+  def __init__(self, workdir: str, *, max_to_keep: Optional[int] = None, read_only: bool = False):
+    self.directory = checkpoint_dir(workdir)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+        enable_async_checkpointing=not read_only)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def steps(self) -> list:
+    return sorted(self._manager.all_steps(), reverse=True)
+
+  def save(self, step: int, state) -> None:
+    """Starts an async save of `state` (a flax TrainState) at `step`."""
+    self._manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params),
+        train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state})))
+
+  def wait(self) -> None:
+    """Blocks until pending saves are committed; raises the save's error, if any."""
+    self._manager.wait_until_finished()
+
+  def _restore_newest(self, args_for_step) -> Tuple[Optional[int], Any]:
+    failures = []
+    for step in self.steps():
+      try:
+        return step, self._manager.restore(step, args=args_for_step)
+      except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore raise many kinds.
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        logging.warning("Checkpoint step %d in %s cannot be restored (%s); trying an older step",
+                        step, self.directory, reason)
+        failures.append(f"step {step}: {reason}")
+    if failures:
+      raise errors.CheckpointError(
+          f"no checkpoint in {self.directory} restores into this config ({failures[0]}); use the config "
+          "the run was trained with, or a new --workdir")
+    return None, None
+
+  def restore_latest(self, abstract_state) -> Tuple[Optional[int], Any]:
+    """(step, state) of the newest good checkpoint, typed like `abstract_state`; (None, None) if none."""
+    step, restored = self._restore_newest(ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_state.params),
+        train=ocp.args.StandardRestore(
+            {"step": abstract_state.step, "opt_state": abstract_state.opt_state})))
+    if step is None:
+      return None, None
+    return step, abstract_state.replace(
+        params=restored.params, step=restored.train["step"], opt_state=restored.train["opt_state"])
+
+  def restore_params(self, abstract_params) -> Tuple[int, Any]:
+    """(step, params) of the newest good checkpoint; only the `params` item is read."""
+    step, restored = self._restore_newest(
+        ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+    if step is None:
+      raise errors.CheckpointError(f"no checkpoint in {self.directory}; train one with fmnist_jax.main "
+                                   "or point --workdir at a trained run")
+    return step, restored.params
+
+  def close(self) -> None:
+    """Waits for pending saves (raising their errors) and releases Orbax's threads."""
+    try:
+      self._manager.wait_until_finished()
+    finally:
+      self._manager.close()

@@ -1,0 +1,29 @@
+"""Errors a user can cause, reported at the edge as one line, and the process exit codes."""
+
+EXIT_USER_ERROR = 2  # Bad flag, config, path, image or checkpoint: nothing was changed.
+EXIT_NON_FINITE = 3  # The loss turned NaN/Inf: the last good checkpoint is kept.
+EXIT_INTERRUPTED = 75  # SIGTERM/SIGINT: a checkpoint was saved; run the same command to resume.
+
+
+class UserError(Exception):
+  """A problem the user can fix; the message names the thing and the fix."""
+
+
+class ConfigError(UserError):
+  """The config cannot be trained as given."""
+
+
+class DataError(UserError):
+  """Fashion-MNIST could not be found or read."""
+
+
+class CheckpointError(UserError):
+  """A workdir's checkpoints are missing, unreadable or do not fit the config."""
+
+
+class NonFiniteLossError(Exception):
+  """Training produced a NaN/Inf loss."""
+
+
+class Interrupted(Exception):
+  """Training stopped on a signal after saving a checkpoint."""
