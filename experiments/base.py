@@ -15,6 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Data ------------------------------------------------------------------
   config.data = ml_collections.ConfigDict()
   config.data.dataset = "fashion_mnist"  # TFDS name of the dataset.
+  config.data.source = "auto"  # "auto": TFDS, then IDX fallbacks; "tfds": TFDS only; "idx": IDX files only (no TensorFlow).
   config.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir (None: TFDS default, ~/tensorflow_datasets).
   config.data.manual_dir = ml_collections.config_dict.placeholder(str)  # Folder holding the four original .gz files; TFDS reads them instead of downloading.
   config.data.idx_dirs = ("/usr/share/datasets/fashion-mnist",)  # Offline fallback: folders with the IDX files (Debian's dataset-fashion-mnist).

@@ -1,9 +1,9 @@
 """Fashion-MNIST as uint8 arrays, from TFDS or the original IDX files, and device-side batching.
 
-Sources, in order: TFDS (download, or the original archives in `data.manual_dir`); without
-TensorFlow, the IDX archives in `data.manual_dir` read directly; then the IDX files of
-`data.idx_dirs` (Debian's dataset-fashion-mnist). Every source is put in one canonical row order
-(rows sorted by their bytes), so a run does not depend on where its data came from.
+Sources, in order (`data.source="auto"`): TFDS (download, or the original archives in
+`data.manual_dir`); without TensorFlow, the IDX archives in `data.manual_dir` read directly; then
+the IDX files of `data.idx_dirs` (Debian's dataset-fashion-mnist). `"tfds"` and `"idx"` pick one kind. Every source is put in one canonical row order (rows
+sorted by their bytes), so a run does not depend on where its data came from.
 """
 
 import dataclasses
@@ -112,13 +112,14 @@ def load_dataset(data_config) -> Dict[str, Split]:
   """Returns {'train', 'test'} Splits in canonical order, or raises DataError naming every place tried."""
   tried = []
   manual_dir = data_config.manual_dir  # Checked readable by validation.validate.
+  use_tfds = data_config.source == "tfds" or (data_config.source == "auto" and tf_compat.tensorflow_available())
   sources = []
-  if tf_compat.tensorflow_available():
+  if use_tfds:
     sources.append((f"TFDS fashion_mnist (data_dir={data_config.data_dir}, manual_dir={manual_dir})",
                     lambda: load_tfds(data_config.data_dir, manual_dir)))
   elif manual_dir is not None:
     sources.append((f"IDX files in data.manual_dir={manual_dir}", lambda: load_idx_dir(manual_dir)))
-  if manual_dir is None:
+  if manual_dir is None and data_config.source != "tfds":
     for folder in data_config.idx_dirs:
       sources.append((f"IDX files in {folder}", lambda folder=folder: load_idx_dir(folder)))
   for name, load in sources:

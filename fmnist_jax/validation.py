@@ -8,6 +8,7 @@ from fmnist_jax import errors
 
 DTYPES = ("float32", "bfloat16")
 FUSE_MODES = ("auto", "on", "off")
+DATA_SOURCES = ("auto", "tfds", "idx")
 TRAIN_EXAMPLES = 60_000  # Size of the Fashion-MNIST training split.
 
 
@@ -41,6 +42,8 @@ def validate(config, num_devices: int) -> None:
     raise errors.ConfigError(f"config.dtype={config.dtype!r} must be one of {DTYPES}")
   if config.fuse_steps not in FUSE_MODES:
     raise errors.ConfigError(f"config.fuse_steps={config.fuse_steps!r} must be one of {FUSE_MODES}")
+  if config.data.source not in DATA_SOURCES:
+    raise errors.ConfigError(f"config.data.source={config.data.source!r} must be one of {DATA_SOURCES}")
   if config.batch_size > TRAIN_EXAMPLES:
     raise errors.ConfigError(f"config.batch_size={config.batch_size} exceeds the {TRAIN_EXAMPLES} "
                              "training images; use a smaller batch")

@@ -1,0 +1,76 @@
+"""Shared fixtures: real Fashion-MNIST (offline), tiny configs, and a subprocess runner."""
+
+import gzip
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+# Debian's package rewrote the gzip headers of the original release (same deflate stream). The
+# originals carried FNAME and these mtimes; restoring them gives the byte-exact archives TFDS checks.
+_ORIGINAL_MTIMES = {"train": 0x59A7E9DE, "t10k": 0x59A7E9F3}
+
+
+def _restore_original_archive(src: str, dst: str) -> None:
+  with open(src, "rb") as f:
+    data = f.read()
+  assert data[:3] == b"\x1f\x8b\x08" and data[3] == 0, f"{src}: unexpected gzip header"
+  name = os.path.basename(src)[: -len(".gz")]
+  mtime = _ORIGINAL_MTIMES[name.split("-")[0]]
+  header = b"\x1f\x8b\x08\x08" + mtime.to_bytes(4, "little") + b"\x00\x03" + name.encode() + b"\x00"
+  with open(dst, "wb") as f:
+    f.write(header + data[10:])
+  with gzip.open(dst) as f:  # Still a valid archive.
+    f.read(16)
+
+
+@pytest.fixture(scope="session")
+def manual_dir(tmp_path_factory) -> str:
+  """A TFDS manual_dir with the four original archives: $FMNIST_MANUAL_DIR, else rebuilt from Debian's."""
+  if os.environ.get("FMNIST_MANUAL_DIR"):
+    return os.environ["FMNIST_MANUAL_DIR"]
+  out = tmp_path_factory.mktemp("manual_dir")
+  for name in sorted(os.listdir(DEBIAN_DIR)):
+    if name.endswith(".gz"):
+      _restore_original_archive(os.path.join(DEBIAN_DIR, name), str(out / name))
+  return str(out)
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+  """Both splits, canonical order, from the IDX files (fast, no TensorFlow)."""
+  from fmnist_jax import input_pipeline
+  return input_pipeline.load_idx_dir(DEBIAN_DIR)
+
+
+def tiny_config(**overrides):
+  """The base config with a small model and short schedule: seconds per run on 2 CPU cores."""
+  sys.path.insert(0, REPO)
+  from experiments import base
+  config = base.get_config()
+  config.model.conv_features = (8, 16)
+  config.model.dense_features = 32
+  config.batch_size = 100
+  config.num_train_steps = 30
+  config.log_every_steps = 10
+  config.eval_every_steps = 10
+  config.checkpoint_every_steps = 10
+  config.data.source = "idx"  # No TensorFlow import: fast.
+  config.data.idx_dirs = (DEBIAN_DIR,)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def run_module(args, env=None, timeout=900):
+  """Runs `python -m ...` from the repo root; returns the CompletedProcess (text)."""
+  full_env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
+  return subprocess.run([sys.executable] + list(args), cwd=REPO, env=full_env, capture_output=True,
+                        text=True, timeout=timeout)
