@@ -2,8 +2,9 @@
 
 Sources, in order (`data.source="auto"`): TFDS (download, or the original archives in
 `data.manual_dir`); without TensorFlow, the IDX archives in `data.manual_dir` read directly; then
-the IDX files of `data.idx_dirs` (Debian's dataset-fashion-mnist). `"tfds"` and `"idx"` pick one kind. Every source is put in one canonical row order (rows
-sorted by their bytes), so a run does not depend on where its data came from.
+the IDX files of `data.idx_dirs` (Debian's dataset-fashion-mnist). `"tfds"` and `"idx"` pick one
+kind. Every source is put in one canonical row order (rows sorted by their bytes), so a run does
+not depend on where its data came from.
 """
 
 import dataclasses
