@@ -37,6 +37,12 @@ def create_optimizer(config) -> optax.GradientTransformation:
       learning_rate=config.learning_rate, b1=config.b1, b2=config.b2, eps=config.eps)
 
 
+def derive_keys(seed: int) -> tuple:
+  """(init_key, shuffle_key) of a run; one derivation, so vmapped members match single runs."""
+  rng = jax.random.PRNGKey(seed)
+  return jax.random.fold_in(rng, 0), jax.random.fold_in(rng, 1)
+
+
 def create_train_state(config, rng: jax.Array) -> TrainState:
   model = models.create_model(config)
   params = model.init(rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE, jnp.float32))["params"]
@@ -111,7 +117,7 @@ def resolve_fuse(config) -> bool:
   return config.fuse_steps == "on"
 
 
-def _next_boundary(step: int, num_steps: int, steps_per_epoch: int, config) -> int:
+def next_boundary(step: int, num_steps: int, steps_per_epoch: int, config) -> int:
   """The next step at which the host must act: log, eval, checkpoint, epoch end, or the end."""
   candidates = [num_steps, (step // steps_per_epoch + 1) * steps_per_epoch]
   for every in (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps):
@@ -140,7 +146,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise errors.CheckpointError(f"{path} is unreadable ({e}); restore it from the run's config") from e
 
 
-def _check_same_model(config, workdir: str) -> None:
+def check_same_model(config, workdir: str) -> None:
   """A workdir trained with other model shapes cannot resume under this config."""
   if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     return
@@ -169,8 +175,7 @@ class Trainer:
     self.test_batches = parallel.put_replicated(
         self.mesh, input_pipeline.padded_batches(data["test"], config.eval_batch_size))
     self.fused = resolve_fuse(config)
-    rng = jax.random.PRNGKey(config.seed)
-    self.init_key, self.shuffle_key = jax.random.fold_in(rng, 0), jax.random.fold_in(rng, 1)
+    self.init_key, self.shuffle_key = derive_keys(config.seed)
     mesh, batch_size = self.mesh, config.batch_size
     self._init = jax.jit(functools.partial(create_train_state, config),
                          out_shardings=parallel.replicated(mesh))
@@ -216,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   validation.validate(config, jax.device_count())
   workdir = os.path.abspath(workdir)
   validation.check_workdir(workdir)
-  _check_same_model(config, workdir)
+  check_same_model(config, workdir)
   if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(config.compilation_cache_dir))
   trainer = Trainer(config, workdir)
@@ -258,7 +263,7 @@ def _loop(config, trainer: Trainer, state, ckpt, train_writer, eval_writer) -> D
   final = None
   with preemption.stop_on_signals() as stop:
     while step < num_steps:
-      end = _next_boundary(step, num_steps, trainer.steps_per_epoch, config)
+      end = next_boundary(step, num_steps, trainer.steps_per_epoch, config)
       state, chunk = trainer.run_steps(state, step, end)
       acc = chunk if acc is None else acc.merge(chunk)
       step = end
