@@ -21,6 +21,10 @@ class CheckpointError(UserError):
   """A workdir's checkpoints are missing, unreadable or do not fit the config."""
 
 
+class ImageError(UserError):
+  """An input image is missing, unreadable, too large or not decodable."""
+
+
 class NonFiniteLossError(Exception):
   """Training produced a NaN/Inf loss."""
 
