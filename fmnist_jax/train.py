@@ -146,7 +146,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise errors.CheckpointError(f"{path} is unreadable ({e}); restore it from the run's config") from e
 
 
-def check_same_model(config, workdir: str) -> None:
+def _check_same_model(config, workdir: str) -> None:
   """A workdir trained with other model shapes cannot resume under this config."""
   if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     return
@@ -216,14 +216,20 @@ class Trainer:
     return state, acc
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
-  """Trains (or resumes) `config` in `workdir`; returns the final evaluation metrics."""
+def prepare(config, workdir: str) -> str:
+  """Checks `config` and `workdir` before any work starts; returns the absolute workdir."""
   validation.validate(config, jax.device_count())
   workdir = os.path.abspath(workdir)
   validation.check_workdir(workdir)
-  check_same_model(config, workdir)
+  _check_same_model(config, workdir)
   if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(config.compilation_cache_dir))
+  return workdir
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
+  """Trains (or resumes) `config` in `workdir`; returns the final evaluation metrics."""
+  workdir = prepare(config, workdir)
   trainer = Trainer(config, workdir)
   is_chief = jax.process_index() == 0
   ckpt = checkpoints.Checkpointer(workdir, max_to_keep=config.max_checkpoints_to_keep)
