@@ -42,8 +42,10 @@ def manual_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def fmnist():
   """Both splits, canonical order, from the IDX files (fast, no TensorFlow)."""
+  import ml_collections
   from fmnist_jax import input_pipeline
-  return input_pipeline.load_idx_dir(DEBIAN_DIR)
+  return input_pipeline.load_dataset(ml_collections.ConfigDict(
+      dict(source="idx", data_dir=None, manual_dir=None, idx_dirs=(DEBIAN_DIR,))))
 
 
 def tiny_config(**overrides):
@@ -74,3 +76,11 @@ def run_module(args, env=None, timeout=900):
   full_env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
   return subprocess.run([sys.executable] + list(args), cwd=REPO, env=full_env, capture_output=True,
                         text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+  """(workdir, final eval metrics) of one trained tiny run, shared read-only by the tests that read runs."""
+  from fmnist_jax import train
+  workdir = str(tmp_path_factory.mktemp("tiny_run"))
+  return workdir, train.train_and_evaluate(tiny_config(), workdir)
