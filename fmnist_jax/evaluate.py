@@ -1,0 +1,155 @@
+"""Per-class evaluation of a trained workdir on the test split.
+
+python -m fmnist_jax.evaluate --workdir=W [--out=DIR] restores the newest parameters, runs
+train.eval_step over the whole test split (so the overall numbers are those training logged), and
+writes per_class.csv (precision, recall, F1, support), confusion_matrix.png and misclassified.png
+(the test images the model got wrong with the highest confidence).
+"""
+
+import csv
+import dataclasses
+import functools
+import os
+import sys
+from typing import Dict, List
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+import fmnist_jax
+from fmnist_jax import checkpoints
+from fmnist_jax import errors
+from fmnist_jax import input_pipeline
+from fmnist_jax import metrics as metrics_lib
+from fmnist_jax import plotting
+from fmnist_jax import train
+
+FLAGS = flags.FLAGS
+CSV_FIELDS = ("class_index", "class_name", "precision", "recall", "f1", "support")
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  step: int  # Training step of the restored checkpoint.
+  metrics: Dict[str, float]  # train.eval_step's metrics over the whole test split.
+  confusion: np.ndarray  # int [true class, predicted class]
+  probabilities: np.ndarray  # float [N, classes], softmax of the logits
+  test: input_pipeline.Split
+
+
+def _evaluate_batch(state, batch):
+  """train.eval_step's metrics plus the softmax and confusion counts (XLA shares the forward pass)."""
+  batch = input_pipeline.to_float_batch(batch)
+  logits = state.apply_fn({"params": state.params}, batch["image"])
+  confusion = metrics_lib.ConfusionMatrix.from_model_output(
+      logits=logits, labels=batch["label"], mask=batch["mask"])
+  return train.eval_step(state, batch), confusion, jax.nn.softmax(logits)
+
+
+def evaluate_workdir(workdir: str) -> Evaluation:
+  """Restores `workdir`'s newest parameters and evaluates them on the test split of its config.data."""
+  config = train.load_config(workdir)
+  abstract = jax.eval_shape(functools.partial(train.create_train_state, config), jax.random.PRNGKey(0))
+  ckpt = checkpoints.Checkpointer(workdir, read_only=True)
+  try:
+    step, params = ckpt.restore_params(abstract.params)
+  finally:
+    ckpt.close()
+  state = abstract.replace(step=step, params=params, opt_state=None)  # eval_step needs no optimizer.
+  test = input_pipeline.load_dataset(config.data)["test"]
+  batches = input_pipeline.padded_batches(test, config.eval_batch_size)
+  evaluate_batch = jax.jit(_evaluate_batch)
+  metrics, confusion, probabilities = None, None, []
+  for i in range(len(batches["label"])):
+    m, c, p = evaluate_batch(state, jax.tree.map(lambda x, i=i: x[i], batches))
+    metrics = m if metrics is None else metrics.merge(m)
+    confusion = c if confusion is None else confusion.merge(c)
+    probabilities.append(p)
+  return Evaluation(step=step, metrics=metrics_lib.scalars(metrics),
+                    confusion=np.asarray(confusion.compute()),
+                    probabilities=np.concatenate(jax.device_get(probabilities))[:len(test.labels)], test=test)
+
+
+def per_class_table(confusion: np.ndarray) -> List[dict]:
+  """One row per class: precision, recall, F1 (0 where precision and recall are both 0), support."""
+  precision = np.asarray(metrics_lib.per_class_precision(confusion))
+  recall = np.asarray(metrics_lib.per_class_recall(confusion))
+  f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+  support = confusion.sum(1)
+  return [{"class_index": k, "class_name": name, "precision": float(precision[k]), "recall": float(recall[k]),
+           "f1": float(f1[k]), "support": int(support[k])} for k, name in enumerate(fmnist_jax.CLASS_NAMES)]
+
+
+def format_table(rows: List[dict]) -> str:
+  lines = [f"{'class':<12} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
+  lines += [f"{r['class_name']:<12} {r['precision']:9.4f} {r['recall']:9.4f} {r['f1']:9.4f} {r['support']:8d}"
+            for r in rows]
+  macro = {k: np.mean([r[k] for r in rows]) for k in ("precision", "recall", "f1")}
+  lines.append(f"{'macro avg':<12} {macro['precision']:9.4f} {macro['recall']:9.4f} {macro['f1']:9.4f} "
+               f"{sum(r['support'] for r in rows):8d}")
+  return "\n".join(lines)
+
+
+def most_confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+  """Indices of up to `k` misclassified examples, highest predicted-class probability first."""
+  predicted = probabilities.argmax(1)
+  wrong = np.flatnonzero(predicted != labels)
+  confidence = probabilities[wrong, predicted[wrong]]
+  return wrong[np.argsort(-confidence, kind="stable")[:k]]
+
+
+def write_report(evaluation: Evaluation, out_dir: str, num_mistakes: int) -> List[str]:
+  """per_class.csv, confusion_matrix.png and misclassified.png in `out_dir`; returns their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  csv_path = os.path.join(out_dir, "per_class.csv")
+  with open(csv_path, "w", newline="") as f:
+    writer = csv.DictWriter(f, CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in per_class_table(evaluation.confusion):
+      writer.writerow({**row, **{k: f"{row[k]:.4f}" for k in ("precision", "recall", "f1")}})
+  names = fmnist_jax.CLASS_NAMES
+  summary = f"step {evaluation.step}: accuracy {evaluation.metrics['accuracy']:.4f}, loss {evaluation.metrics['loss']:.4f}"
+  confusion_path = plotting.save_figure(
+      plotting.confusion_figure(evaluation.confusion, names, f"Test-split confusion matrix ({summary})"),
+      os.path.join(out_dir, "confusion_matrix.png"))
+  probabilities, labels = evaluation.probabilities, evaluation.test.labels
+  idx = most_confident_mistakes(probabilities, labels, num_mistakes)
+  captions = [f"true: {names[labels[i]]}\npred: {names[probabilities[i].argmax()]} "
+              f"({probabilities[i].max():.2f})" for i in idx]
+  mistakes_path = plotting.save_figure(
+      plotting.image_grid_figure(evaluation.test.images[idx], captions,
+                                 f"The {len(idx)} most confident mistakes on the test split ({summary})"),
+      os.path.join(out_dir, "misclassified.png"))
+  return [csv_path, confusion_path, mistakes_path]
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  try:
+    evaluation = evaluate_workdir(FLAGS.workdir)
+    paths = write_report(evaluation, FLAGS.out or os.path.join(FLAGS.workdir, "evaluation"), FLAGS.num_mistakes)
+  except errors.UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(errors.EXIT_USER_ERROR)
+  m = evaluation.metrics
+  print(f"{FLAGS.workdir} at step {evaluation.step}, {len(evaluation.test.labels)} test images: "
+        f"accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, precision {m['precision']:.4f}, "
+        f"recall {m['recall']:.4f}")
+  print(format_table(per_class_table(evaluation.confusion)))
+  print("wrote", *paths, sep="\n  ")
+
+
+def define_flags() -> None:
+  """Only as a program: importing this module must not claim flag names (fmnist_jax.main has --workdir)."""
+  flags.DEFINE_string("workdir", None, "A training workdir (config.json and checkpoints/).")
+  flags.DEFINE_string("out", None, "Folder for the CSV and PNGs (default: <workdir>/evaluation).")
+  flags.DEFINE_integer("num_mistakes", 25, "How many confidently misclassified test images to show.", lower_bound=0)
+  flags.mark_flag_as_required("workdir")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,198 @@
+"""Figures of runs: training curves read from event files, and the evaluation's figures.
+
+Curves are read with TensorBoard's own EventAccumulator, which works without TensorFlow. Our
+writers store TF2-style tensor scalars; legacy `simple_value` scalars are read as well. A sweep
+folder (any folder holding runs below it) is drawn as one overlay per metric.
+"""
+
+import dataclasses
+import glob
+import io
+import os
+from typing import Dict, List, Optional, Sequence
+
+from absl import logging
+from matplotlib import figure
+import numpy as np
+from PIL import Image
+
+from fmnist_jax import errors
+from fmnist_jax import train
+from fmnist_jax import validation
+
+SPLITS = ("train", "eval")  # Event-file subfolders of a workdir, as train.train_and_evaluate writes them.
+CURVE_METRICS = ("loss", "accuracy", "precision")  # Eval recall equals accuracy on the balanced test split.
+FIGURE_WIDTH_IN, CURVE_HEIGHT_IN, DPI = 10.0, 5.5, 100  # 1000 px wide.
+_SPLIT_STYLE = {"train": {"linestyle": "-", "marker": "."}, "eval": {"linestyle": "--", "marker": "o", "markersize": 3}}
+_SPLIT_TITLE = "train: mean over each logging window; eval: full test split"
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+  steps: np.ndarray  # int, increasing
+  values: np.ndarray  # float
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str
+  steps_per_epoch: int
+  scalars: Dict[str, Dict[str, Series]]  # split -> tag -> Series
+
+
+def _is_run(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, train.CONFIG_FILE))
+
+
+def find_runs(path: str) -> List[str]:
+  """`path` if it is a run (holds config.json), else every run below it, sorted."""
+  if not os.path.isdir(path):
+    raise errors.UserError(f"--workdir={path} is not a folder; point it at a training workdir or a sweep folder")
+  if _is_run(path):
+    return [path]
+  runs = []
+  for root, dirs, _ in os.walk(path):
+    if _is_run(root):
+      runs.append(root)
+      dirs.clear()  # A run's own subfolders hold no further runs.
+    dirs.sort()
+  if not runs:
+    raise errors.UserError(f"no run in {path}: expected a workdir written by training (config.json, train/ and "
+                           "eval/ event files) or a folder of such workdirs")
+  return sorted(runs)
+
+
+def read_scalars(logdir: str) -> Dict[str, Series]:
+  """tag -> Series of every scalar in `logdir`'s event files; a step written twice keeps its latest value.
+
+  A resumed run rewrites the steps after its checkpoint into a new event file, so the newest write wins.
+  """
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  accumulator = event_accumulator.EventAccumulator(
+      logdir, size_guidance={event_accumulator.TENSORS: 0, event_accumulator.SCALARS: 0})  # 0: keep all.
+  accumulator.Reload()
+  tags = accumulator.Tags()
+  points = {}  # tag -> [(step, wall_time, value)]
+  for tag in tags["tensors"]:
+    if accumulator.SummaryMetadata(tag).plugin_data.plugin_name != "scalars":
+      continue  # e.g. the hparams plugin's session info.
+    points[tag] = [(e.step, e.wall_time, float(tensor_util.make_ndarray(e.tensor_proto)))
+                   for e in accumulator.Tensors(tag)]
+  for tag in tags["scalars"]:  # Legacy simple_value summaries.
+    points.setdefault(tag, []).extend((e.step, e.wall_time, e.value) for e in accumulator.Scalars(tag))
+  out = {}
+  for tag, rows in points.items():
+    latest = {step: value for step, _, value in sorted(rows, key=lambda r: r[1])}
+    steps = np.array(sorted(latest), np.int64)
+    out[tag] = Series(steps, np.array([latest[s] for s in steps], np.float64))
+  return out
+
+
+def load_run(path: str, name: Optional[str] = None) -> Run:
+  """Reads one workdir's train/ and eval/ scalars; raises UserError if it holds none."""
+  config = train.load_config(path)
+  scalars = {}
+  for split in SPLITS:
+    logdir = os.path.join(path, split)
+    if glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+      scalars[split] = read_scalars(logdir)
+  if not any(scalars.values()):
+    raise errors.UserError(f"no scalar summaries in {path}/train or {path}/eval event files; train the run "
+                           "(or let it reach its first log step) before plotting")
+  return Run(name=name or os.path.basename(os.path.normpath(path)),
+             steps_per_epoch=validation.TRAIN_EXAMPLES // config.batch_size, scalars=scalars)
+
+
+def load_runs(path: str) -> List[Run]:
+  """The run at `path`, or every run of the sweep folder `path` (named by their relative paths)."""
+  paths = find_runs(path)
+  if len(paths) == 1:
+    return [load_run(paths[0])]
+  return [load_run(p, os.path.relpath(p, path)) for p in paths]
+
+
+def curve_figure(runs: Sequence[Run], metric: str) -> figure.Figure:
+  """`metric` against steps (epochs on the top axis), train and eval of every run on one chart."""
+  fig = figure.Figure(figsize=(FIGURE_WIDTH_IN, CURVE_HEIGHT_IN), dpi=DPI, layout="constrained")
+  ax = fig.add_subplot()
+  for i, run in enumerate(runs):
+    for j, split in enumerate(SPLITS):
+      series = run.scalars.get(split, {}).get(metric)
+      if series is None:
+        continue
+      label = split if len(runs) == 1 else f"{run.name} {split}"
+      color = f"C{j if len(runs) == 1 else i % 10}"  # One run: colour by split; a sweep: by run.
+      ax.plot(series.steps, series.values, color=color, label=label, **_SPLIT_STYLE[split])
+  ax.set_xlabel("step")
+  ax.set_ylabel(metric)
+  ax.set_title(f"{metric} ({_SPLIT_TITLE})", fontsize="medium")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize="small")
+  steps_per_epoch = {run.steps_per_epoch for run in runs}
+  if len(steps_per_epoch) == 1:
+    (spe,) = steps_per_epoch
+    top = ax.secondary_xaxis("top", functions=(lambda s: s / spe, lambda e: e * spe))
+    top.set_xlabel("epoch")
+  else:
+    logging.warning("runs differ in batch size: %s has no epoch axis", metric)
+  return fig
+
+
+def save_figure(fig: figure.Figure, path: str) -> str:
+  """Writes `fig` as a 256-colour PNG (looks the same for charts, a third of the bytes); returns `path`."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=DPI)
+  Image.open(buffer).convert("RGB").quantize(colors=256).save(path, optimize=True)
+  return path
+
+
+def write_curves(runs: Sequence[Run], out_dir: str, metrics: Sequence[str] = CURVE_METRICS) -> List[str]:
+  """`<out_dir>/<metric>.png` for each of `metrics` that some run logged; returns the paths written."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for metric in metrics:
+    if not any(metric in tags for run in runs for tags in run.scalars.values()):
+      logging.warning("no run logged %r: no figure for it", metric)
+      continue
+    paths.append(save_figure(curve_figure(runs, metric), os.path.join(out_dir, f"{metric}.png")))
+  if not paths:
+    raise errors.UserError(f"the runs logged none of {', '.join(metrics)}; pick metrics they logged")
+  return paths
+
+
+# --- Evaluation figures -----------------------------------------------------------------------
+
+
+def confusion_figure(counts: np.ndarray, class_names: Sequence[str], title: str) -> figure.Figure:
+  """Counts [true, predicted], coloured by the share of each true class (its recall row)."""
+  fig = figure.Figure(figsize=(FIGURE_WIDTH_IN, FIGURE_WIDTH_IN * 0.85), dpi=DPI, layout="constrained")
+  ax = fig.add_subplot()
+  shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+  image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+  fig.colorbar(image, ax=ax, label="share of the true class", shrink=0.8)
+  for (t, p), n in np.ndenumerate(counts):
+    ax.text(p, t, str(n), ha="center", va="center", fontsize="small",
+            color="white" if shares[t, p] > 0.5 else "black")
+  ticks = np.arange(len(class_names))
+  ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+  ax.set_yticks(ticks, class_names)
+  ax.set_xlabel("predicted class")
+  ax.set_ylabel("true class")
+  ax.set_title(title)
+  return fig
+
+
+def image_grid_figure(images: np.ndarray, captions: Sequence[str], title: str,
+                      columns: int = 5) -> figure.Figure:
+  """uint8 images [N, H, W, 1] in a grid, each with its caption."""
+  rows = max(1, -(-len(images) // columns))
+  fig = figure.Figure(figsize=(FIGURE_WIDTH_IN * 0.8, rows * 2.1 + 0.4), dpi=DPI, layout="constrained")
+  axes = fig.subplots(rows, columns, squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  for ax, image, caption in zip(axes.flat, images, captions):
+    ax.imshow(image[..., 0], cmap="gray_r", vmin=0, vmax=255)
+    ax.set_title(caption, fontsize="small")
+  fig.suptitle(title)
+  return fig
