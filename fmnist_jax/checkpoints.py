@@ -10,6 +10,7 @@ import os
 from typing import Any, Optional, Tuple
 
 from absl import logging
+import jax
 import orbax.checkpoint as ocp
 
 from fmnist_jax import errors
@@ -29,7 +30,10 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=not read_only)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    # Known handlers let a reader see stored shapes before restoring (see _check_params_shapes).
+    handlers = {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler()}
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_handlers=handlers if read_only else None)
 
   def steps(self) -> list:
     return sorted(self._manager.all_steps(), reverse=True)
@@ -44,10 +48,12 @@ class Checkpointer:
     """Blocks until pending saves are committed; raises the save's error, if any."""
     self._manager.wait_until_finished()
 
-  def _restore_newest(self, args_for_step) -> Tuple[Optional[int], Any]:
+  def _restore_newest(self, args_for_step, check=None) -> Tuple[Optional[int], Any]:
     failures = []
     for step in self.steps():
       try:
+        if check is not None:
+          check(step)
         return step, self._manager.restore(step, args=args_for_step)
       except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore raise many kinds.
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
@@ -74,11 +80,27 @@ class Checkpointer:
   def restore_params(self, abstract_params) -> Tuple[int, Any]:
     """(step, params) of the newest good checkpoint; only the `params` item is read."""
     step, restored = self._restore_newest(
-        ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+        ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)),
+        check=lambda step: self._check_params_shapes(step, abstract_params))
     if step is None:
       raise errors.CheckpointError(f"no checkpoint in {self.directory}; train one with fmnist_jax.main "
                                    "or point --workdir at a trained run")
     return step, restored.params
+
+  def _check_params_shapes(self, step: int, abstract_params) -> None:
+    """Rejects a shape mismatch from metadata: Orbax's failed reads leave threads that print
+    tracebacks at exit. Only read-only Checkpointers know the handler that reads the metadata."""
+    metadata = self._manager.item_metadata(step).get("params")
+    if metadata is None:
+      return
+    stored = {jax.tree_util.keystr(k): tuple(m.shape)
+              for k, m in jax.tree_util.tree_leaves_with_path(metadata.tree)}
+    wanted = {jax.tree_util.keystr(k): tuple(a.shape)
+              for k, a in jax.tree_util.tree_leaves_with_path(abstract_params)}
+    if stored != wanted:
+      name = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))[0]
+      raise ValueError(f"parameter {name} is stored as {stored.get(name, 'absent')}, the config "
+                       f"wants {wanted.get(name, 'absent')}")
 
   def close(self) -> None:
     """Waits for pending saves (raising their errors) and releases Orbax's threads."""
