@@ -125,7 +125,7 @@ def next_boundary(step: int, num_steps: int, steps_per_epoch: int, config) -> in
   return min(candidates)
 
 
-def _format_eta(seconds: float) -> str:
+def format_eta(seconds: float) -> str:
   minutes, secs = divmod(int(seconds), 60)
   return f"{minutes}m{secs:02d}s"
 
@@ -281,7 +281,7 @@ def _loop(config, trainer: Trainer, state, ckpt, train_writer, eval_writer) -> D
         values = metrics_lib.scalars(acc)
         train_writer.write_scalars(step, {**values, "steps_per_sec": rate})
         logging.info("step %d/%d | loss %.4f | accuracy %.4f | %.1f steps/s | ETA %s", step, num_steps,
-                     values["loss"], values["accuracy"], rate, _format_eta((num_steps - step) / rate))
+                     values["loss"], values["accuracy"], rate, format_eta((num_steps - step) / rate))
         acc, window_start, window_time = None, step, time.perf_counter()
       if step % config.eval_every_steps == 0 or last:
         final = trainer.evaluate(state)
