@@ -32,7 +32,7 @@ MAX_PIXELS = 64 * 2**20  # Larger images are refused undecoded; any camera photo
 WORK_SIDE = 512  # Large images are box-reduced to about this side before the float work.
 POLARITY_LEVEL = 0.5  # A backdrop ring lighter than this on average means a photo: negate it.
 BACKDROP_PERCENTILE = 10  # The backdrop level subtracted before trimming: this percentile of the ring.
-CONTENT_LEVEL = 0.1  # After backdrop subtraction, pixels above this belong to the article.
+CONTENT_LEVEL = 0.05  # After backdrop subtraction, pixels above this belong to the article.
 # EPS is decoded by running Ghostscript: not for untrusted files. Every other reader is allowed.
 _EXCLUDED_FORMATS = ("EPS",)
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # Integer modes scaled by 2**16 - 1.

@@ -58,21 +58,28 @@ def test_photo_style_transparent_and_other_renderings_load_as_the_plain_image(sa
       np.testing.assert_allclose(images.load_image(data), plain, atol=1e-6, err_msg=kind)
 
 
-def product_photo(x: np.ndarray, canvas=(1200, 900), scale=24, offset=(150, 100), quality=92) -> bytes:
+def product_photo(x: np.ndarray, canvas=(1200, 900), scale=24, offset=(150, 100), quality=92,
+                  background=255) -> bytes:
   """x as a photo: dark article, upscaled, off-centre on a large white canvas, JPEG-compressed."""
   article = Image.fromarray(255 - x).resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC)
-  photo = Image.new("L", canvas, 255)
+  photo = Image.new("L", canvas, background)
   mask = Image.fromarray(np.where(x > 0, 255, 0).astype(np.uint8)).resize(article.size)
   photo.paste(article, offset, mask)
   return encode(photo.convert("RGB"), "JPEG", quality=quality)
 
 
+def blurred(x: np.ndarray) -> np.ndarray:
+  """3×3 box blur: a one-pixel shift from rounding the fitted size should not count as a miss."""
+  padded = np.pad(x, 1)
+  return sum(padded[i:i + 28, j:j + 28] for i in range(3) for j in range(3)) / 9
+
+
 def test_product_photo_is_negated_trimmed_fitted_and_centred(samples):
-  for x in samples:
+  for n, x in enumerate(samples):
     out = images.load_image(product_photo(x))[..., 0]
     plain = x.astype(np.float32) / 255.0
-    assert out[0].max() < 0.1 and out[-1].max() < 0.1 or out[:, 0].max() < 0.1 and out[:, -1].max() < 0.1
-    assert np.corrcoef(out.ravel(), plain.ravel())[0, 1] > 0.9
+    assert np.abs(out - plain).mean() < 0.05, n  # Negated, backdrop black, the article where it was.
+    assert np.corrcoef(blurred(out).ravel(), blurred(plain).ravel())[0, 1] > 0.95, n
 
 
 def test_geometry_longest_side_fills_28_and_is_centred():

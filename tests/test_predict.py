@@ -121,8 +121,9 @@ def test_cli_several_images_top_k_and_a_bad_file(tmp_path):
   lines = result.stdout.splitlines()
   assert len(lines) == 2
   for line, path, name in zip(lines, ("test_imgs/0.png", "test_imgs/1.png"), CLASS_NAMES):
-    match = re.fullmatch(rf"{path}: Predicted class: (.+) \((.+) (0\.\d{{3}}), (.+) (0\.\d{{3}}), (.+) (0\.\d{{3}})\)",
-                         line)
+    probability = r"([01]\.\d{3})"
+    match = re.fullmatch(rf"{path}: Predicted class: (.+) \((.+) {probability}, (.+) {probability}, "
+                         rf"(.+) {probability}\)", line)
     assert match, line
     assert match[1] == match[2] == name
     assert float(match[3]) >= float(match[5]) >= float(match[7])
