@@ -1,0 +1,66 @@
+"""The command line end to end on real Fashion-MNIST: train, resume, TensorBoard files, errors."""
+
+import os
+
+import pytest
+
+from fmnist_jax import errors
+from tests.conftest import REPO, run_module
+from tests.test_train import read_scalars
+
+NO_TF = {"PYTHONPATH": os.pathsep.join([os.path.join(REPO, "tests", "no_tensorflow"), REPO])}
+# A narrower CNN than the base one keeps this test to about a minute on 2 CPU cores.
+SMALL = ["--config.model.conv_features=(32, 32)", "--config.model.dense_features=256"]
+
+
+def _main(workdir, *flags, env=None):
+  return run_module(["-m", "fmnist_jax.main", "--config=experiments/base.py", f"--workdir={workdir}",
+                     "--config.eval_every_steps=40", "--config.checkpoint_every_steps=40", *SMALL, *flags],
+                    env=env)
+
+
+def test_train_then_resume_with_tfds_manual_dir(tmp_path, manual_dir):
+  workdir = str(tmp_path / "run")
+  data = [f"--config.data.manual_dir={manual_dir}", f"--config.data.data_dir={tmp_path / 'tfds'}"]
+  first = _main(workdir, "--config.num_train_steps=80", *data)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "training starts from scratch" in first.stderr
+  second = _main(workdir, "--config.num_train_steps=120", *data)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "Resuming from step 80" in second.stderr
+  evals = read_scalars(os.path.join(workdir, "eval"))
+  for tag in ("loss", "accuracy", "precision", "recall"):
+    assert sorted(evals[tag]) == [40, 80, 120], tag
+  assert evals["accuracy"][80] >= 0.70
+  assert evals["accuracy"][120] >= evals["accuracy"][40]
+  trains = read_scalars(os.path.join(workdir, "train"))
+  for tag in ("loss", "accuracy", "precision", "recall", "steps_per_sec"):
+    assert 120 in trains[tag], tag
+  third = _main(workdir, "--config.num_train_steps=120", *data)
+  assert third.returncode == 0 and "Training already finished at step 120" in third.stderr
+
+
+def test_training_without_tensorflow_writes_the_same_event_files(tmp_path, manual_dir):
+  workdir = str(tmp_path / "run")
+  result = _main(workdir, "--config.num_train_steps=40", f"--config.data.manual_dir={manual_dir}",
+                 "--config.model.conv_features=(8, 8)", "--config.model.dense_features=32", env=NO_TF)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "TF-free event writer" in result.stderr and "IDX files in data.manual_dir" in result.stderr
+  assert sorted(read_scalars(os.path.join(workdir, "eval"))["precision"]) == [40]
+  assert 40 in read_scalars(os.path.join(workdir, "train"))["steps_per_sec"]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--config=experiments/base.py"], "--workdir"),
+    (["--workdir=x"], "--config"),
+    (["--config=experiments/missing.py", "--workdir=x"], "experiments/missing.py"),
+    (["--config=experiments/base.py", "--workdir=x", "--config.data.manual_dir=/no/such/dir"], "/no/such/dir"),
+    (["--config=experiments/base.py", "--workdir=x", "--config.batch_size=0"], "config.batch_size=0"),
+    (["--config=experiments/base.py", "--workdir=/proc/forbidden"], "/proc/forbidden"),
+])
+def test_entry_point_errors_are_one_line(flags, expected):
+  result = run_module(["-m", "fmnist_jax.main", *flags], env=NO_TF)
+  assert result.returncode == errors.EXIT_USER_ERROR
+  lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr

@@ -1,0 +1,110 @@
+"""Steps learn; the loop evaluates, logs, checkpoints and resumes bit for bit."""
+
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
+
+from fmnist_jax import checkpoints
+from fmnist_jax import errors
+from fmnist_jax import input_pipeline
+from fmnist_jax import train
+from tests.conftest import tiny_config
+
+
+def read_scalars(logdir):
+  """{tag: {step: value}} from the event files of `logdir`, with TensorBoard's own reader."""
+  acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  return {tag: {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+          for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
+
+
+def final_params(workdir):
+  config = train.load_config(workdir)
+  abstract = jax.eval_shape(lambda: train.create_train_state(config, jax.random.PRNGKey(0)).params)
+  return checkpoints.Checkpointer(workdir, read_only=True).restore_params(abstract)
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch(fmnist):
+  config = tiny_config()
+  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  batch = input_pipeline.gather_batch(fmnist["train"].images, fmnist["train"].labels,
+                                      jnp.arange(100), 0, 100)
+  step = jax.jit(train.train_step)
+  state, first = step(state, batch)
+  for _ in range(20):
+    state, last = step(state, batch)
+  assert int(state.step) == 21
+  assert float(last.loss.compute()) < 0.5 * float(first.loss.compute())
+
+
+def test_eval_step_ignores_masked_rows(fmnist):
+  config = tiny_config()
+  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  images = input_pipeline.to_float(fmnist["test"].images[:8])
+  labels = fmnist["test"].labels[:8]
+  full = train.eval_step(state, {"image": images[:4], "label": labels[:4], "mask": np.ones(4, bool)})
+  padded = train.eval_step(state, {"image": images, "label": labels, "mask": np.arange(8) < 4})
+  for key, value in full.compute().items():
+    np.testing.assert_allclose(padded.compute()[key], value, rtol=1e-6)
+
+
+def test_run_logs_evaluates_and_checkpoints_on_schedule(tmp_path):
+  workdir = str(tmp_path / "run")
+  final = train.train_and_evaluate(tiny_config(num_train_steps=25, eval_every_steps=10,
+                                               log_every_steps=10, checkpoint_every_steps=20), workdir)
+  evals = read_scalars(os.path.join(workdir, "eval"))
+  trains = read_scalars(os.path.join(workdir, "train"))
+  assert set(evals) >= {"loss", "accuracy", "precision", "recall"}
+  assert sorted(evals["accuracy"]) == [10, 20, 25]  # Every eval_every_steps and the last step.
+  assert set(trains) >= {"loss", "accuracy", "precision", "recall", "steps_per_sec"}
+  assert sorted(trains["loss"]) == [10, 20, 25]
+  assert evals["accuracy"][25] == pytest.approx(final["accuracy"])
+  assert final["accuracy"] > 0.5  # 25 steps of a tiny model on real data: well above chance (0.1).
+  assert checkpoints.Checkpointer(workdir, read_only=True).steps() == [25, 20]
+  assert train.load_config(workdir).model.conv_features == [8, 16]
+  assert glob.glob(os.path.join(workdir, "train", "events.out.tfevents.*"))
+
+
+def test_stop_and_resume_equals_straight_training_bitwise(tmp_path):
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  train.train_and_evaluate(tiny_config(num_train_steps=30), straight)
+  train.train_and_evaluate(tiny_config(num_train_steps=20), resumed)
+  assert checkpoints.Checkpointer(resumed, read_only=True).steps()[0] == 20
+  train.train_and_evaluate(tiny_config(num_train_steps=30), resumed)
+  (step_a, a), (step_b, b) = final_params(straight), final_params(resumed)
+  assert step_a == step_b == 30
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_resume_crosses_an_epoch_boundary_with_the_same_data_order(tmp_path):
+  # 60000 / 2000 = 30 steps per epoch: stop inside epoch 0 and resume into epoch 1.
+  config = dict(batch_size=2000, num_train_steps=40, checkpoint_every_steps=10)
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  train.train_and_evaluate(tiny_config(**config), straight)
+  train.train_and_evaluate(tiny_config(**{**config, "num_train_steps": 20}), resumed)
+  train.train_and_evaluate(tiny_config(**config), resumed)
+  for x, y in zip(jax.tree.leaves(final_params(straight)[1]), jax.tree.leaves(final_params(resumed)[1])):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_finished_run_rerun_only_evaluates(tmp_path):
+  workdir = str(tmp_path / "run")
+  first = train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  again = train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  assert again == pytest.approx(first)
+  assert checkpoints.Checkpointer(workdir, read_only=True).steps() == [10]
+
+
+def test_workdir_of_another_model_is_refused(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  with pytest.raises(errors.CheckpointError, match="model.dense_features=32"):
+    train.train_and_evaluate(tiny_config(**{"model.dense_features": 64}), workdir)
