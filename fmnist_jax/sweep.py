@@ -1,0 +1,283 @@
+"""Sweeps: train every point of `experiments/sweeps/*.py` in its own workdir, then tabulate and plot them.
+
+  python -m fmnist_jax.sweep --config=experiments/base.py --sweep=experiments/sweeps/lr.py \
+      --workdir=runs/lr [--config.F=V ...] [--vmap_members=16]
+
+A sweep file defines `get_sweep()` returning a list of override dicts with dotted keys
+(`{"model.dense_features": 512, "seed": 1}`); `--config.*` flags apply to every point. Point
+`<name>` trains in `<workdir>/<name>/` (its own checkpoints and event files, so TensorBoard on
+`<workdir>` compares the points). Points that differ only in seed and optimizer hyperparameters
+train together, vmapped over a model axis (one compiled program; `ensemble.py`), up to
+`--vmap_members` at a time; the others train one by one with `train.train_and_evaluate`.
+A finished point leaves `sweep_result.json` and is skipped by a re-run with the same config; a
+killed one resumes from its newest checkpoint. `results.csv`, `results.md` and `results.png` in
+`<workdir>` are rewritten after every group.
+"""
+
+import csv
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+
+from fmnist_jax import errors
+
+RESULT_FILE = "sweep_result.json"  # In each point's workdir once it finished.
+METRICS = ("accuracy", "loss", "precision", "recall")  # Final evaluation on the test split.
+FIGURE_WIDTH_IN, BAR_HEIGHT_IN, DPI = 10.0, 0.35, 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  name: str  # Sub-workdir name, from the overrides.
+  overrides: Dict[str, Any]
+  config: ml_collections.ConfigDict
+  workdir: str
+
+
+# --- Sweep definitions ------------------------------------------------------------------------
+
+
+def load_sweep(path: str) -> List[Dict[str, Any]]:
+  """The override dicts of the sweep file at `path`, or ConfigError naming what is wrong."""
+  if not os.path.isfile(path):
+    raise errors.ConfigError(f"--sweep={path}: no such file; point it at a sweep file such as "
+                             "experiments/sweeps/lr.py")
+  spec = importlib.util.spec_from_file_location("fmnist_sweep_definition", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  # Any error in the user's file is theirs to fix.
+    raise errors.ConfigError(f"--sweep={path} cannot be loaded ({type(e).__name__}: {e}); fix the file") from e
+  if not callable(getattr(module, "get_sweep", None)):
+    raise errors.ConfigError(f"--sweep={path} has no get_sweep(); define get_sweep() returning a list of "
+                             "override dicts")
+  points = module.get_sweep()
+  if not isinstance(points, (list, tuple)) or not points:
+    raise errors.ConfigError(f"--sweep={path}: get_sweep() returned {type(points).__name__} {points!r:.80}; "
+                             "return a non-empty list of override dicts")
+  for i, point in enumerate(points):
+    if not isinstance(point, dict) or not all(isinstance(k, str) for k in point):
+      raise errors.ConfigError(f"--sweep={path}: point {i} is {point!r:.80}; each point must be a dict of "
+                               "dotted config keys to values")
+  return [dict(p) for p in points]
+
+
+def _format_value(value) -> str:
+  if isinstance(value, (list, tuple)):
+    return "x".join(_format_value(v) for v in value)
+  return str(value)
+
+
+def point_name(overrides: Dict[str, Any]) -> str:
+  """`learning_rate=0.001,seed=1`: readable in TensorBoard's run list and safe as a folder name."""
+  if not overrides:
+    return "base"
+  name = ",".join(f"{k}={_format_value(v)}" for k, v in overrides.items())
+  return re.sub(r"[^A-Za-z0-9._=,+-]", "_", name)
+
+
+def point_config(base: ml_collections.ConfigDict, overrides: Dict[str, Any], where: str):
+  """A copy of `base` with `overrides` applied; unknown keys and wrong types are ConfigErrors."""
+  config = base.copy_and_resolve_references()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for depth, part in enumerate(parents + [leaf]):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        prefix = ".".join(parents[:depth])
+        known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        raise errors.ConfigError(f"{where}: unknown config key {key!r}; known keys"
+                                 f"{' under ' + prefix if prefix else ''}: {', '.join(known)}")
+      if depth < len(parents):
+        node = node[part]
+    try:
+      setattr(node, leaf, value)
+    except (TypeError, ValueError, AttributeError) as e:
+      raise errors.ConfigError(f"{where}: {key}={value!r} does not fit the config ({e}); "
+                               f"use a value of the type of {key}") from e
+  return config
+
+
+def plan(base: ml_collections.ConfigDict, sweep_path: str, workdir: str, num_devices: int) -> List[Point]:
+  """The sweep's points, every config checked before anything trains."""
+  from fmnist_jax import validation  # pylint: disable=g-import-not-at-top  # Imports flax: after flag parsing.
+  points, names = [], {}
+  for i, overrides in enumerate(load_sweep(sweep_path)):
+    where = f"--sweep={sweep_path} point {i} ({point_name(overrides)})"
+    config = point_config(base, overrides, where)
+    try:
+      validation.validate(config, num_devices)
+    except errors.ConfigError as e:
+      raise errors.ConfigError(f"{where}: {e}") from e
+    name = point_name(overrides)
+    if name in names:
+      raise errors.ConfigError(f"--sweep={sweep_path}: points {names[name]} and {i} are both {name}; "
+                               "remove the duplicate")
+    names[name] = i
+    points.append(Point(name, overrides, config, os.path.join(os.path.abspath(workdir), name)))
+  return points
+
+
+# --- Running ----------------------------------------------------------------------------------
+
+
+def _config_dict(config) -> dict:
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _finished(point: Point) -> Optional[dict]:
+  """The stored result of a point finished earlier with this exact config, else None."""
+  try:
+    with open(os.path.join(point.workdir, RESULT_FILE)) as f:
+      result = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return result if result.get("config") == _config_dict(point.config) else None
+
+
+def groups(points: Sequence[Point], vmap_members: int) -> List[List[Point]]:
+  """Points that can share one vmapped program, in sweep order, at most `vmap_members` per group."""
+  from fmnist_jax import ensemble  # pylint: disable=g-import-not-at-top
+  by_key: Dict[str, List[Point]] = {}
+  for p in points:
+    by_key.setdefault(ensemble.program_key(p.config), []).append(p)
+  return [members[i:i + vmap_members] for members in by_key.values()
+          for i in range(0, len(members), vmap_members)]
+
+
+def _train_group(group: List[Point]) -> List[dict]:
+  """Trains one group; returns each point's result record."""
+  from fmnist_jax import ensemble  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  if len(group) == 1:
+    try:
+      outcomes = [ensemble.Outcome(train.train_and_evaluate(group[0].config, group[0].workdir))]
+    except errors.NonFiniteLossError as e:
+      outcomes = [ensemble.Outcome({k: float("nan") for k in METRICS}, str(e))]
+  else:
+    outcomes = ensemble.train_and_evaluate_many([p.config for p in group], [p.workdir for p in group])
+  seconds = (time.perf_counter() - start) / len(group)
+  return [{"name": p.name, "overrides": p.overrides, "metrics": o.metrics, "error": o.error,
+           "train_time_s": seconds, "trained_with": len(group), "config": _config_dict(p.config)}
+          for p, o in zip(group, outcomes)]
+
+
+def run_sweep(base: ml_collections.ConfigDict, sweep_path: str, workdir: str, vmap_members: int) -> List[dict]:
+  """Trains every unfinished point of the sweep and writes the results; returns one record per point."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if vmap_members < 1:
+    raise errors.ConfigError(f"--vmap_members={vmap_members} must be >= 1 (1 trains every point alone)")
+  points = plan(base, sweep_path, workdir, jax.device_count())
+  is_chief = jax.process_index() == 0
+  results: Dict[str, dict] = {}
+  todo = []
+  for p in points:
+    done = _finished(p)
+    if done is None:
+      todo.append(p)
+    else:
+      logging.info("Point %s finished earlier: skipped", p.name)
+      results[p.name] = done
+  for n, group in enumerate(groups(todo, vmap_members)):
+    logging.info("Group %d: %s (%s)", n + 1, ", ".join(p.name for p in group),
+                 "vmapped" if len(group) > 1 else "alone")
+    for record in _train_group(group):
+      results[record["name"]] = record
+      if is_chief:
+        with open(os.path.join(os.path.abspath(workdir), record["name"], RESULT_FILE), "w") as f:
+          json.dump(record, f, indent=2)
+    if is_chief:
+      write_results(workdir, [results[p.name] for p in points if p.name in results])
+  ordered = [results[p.name] for p in points]
+  if is_chief:
+    write_results(workdir, ordered)
+  return ordered
+
+
+# --- Results ----------------------------------------------------------------------------------
+
+
+def _rows(records: Sequence[dict]) -> tuple:
+  keys = list(dict.fromkeys(k for r in records for k in r["overrides"]))
+  header = ["point"] + keys + list(METRICS) + ["train_time_s", "trained_with", "status"]
+  rows = []
+  for r in records:
+    rows.append([r["name"]] + [_format_value(r["overrides"].get(k, "")) for k in keys]
+                + [r["metrics"][m] for m in METRICS]
+                + [round(r["train_time_s"], 1), r["trained_with"], "diverged" if r["error"] else "ok"])
+  return header, rows
+
+
+def write_results(workdir: str, records: Sequence[dict]) -> None:
+  """results.csv, results.md and results.png in `workdir`, one row (bar) per point."""
+  header, rows = _rows(records)
+  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(header + ["error"])
+    for r, row in zip(records, rows):
+      writer.writerow(row + [r["error"] or ""])
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in rows:
+    lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
+  notes = [f"- {r['name']}: {r['error']}" for r in records if r["error"]]
+  text = "\n".join(lines) + "\n"
+  text += ("\n" + "\n".join(notes) + "\n" if notes else "")
+  text += ("\ntrain_time_s: wall seconds of the call that finished the point (data, compile, training, "
+           "evaluation), divided by the points trained with it.\n")
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(text)
+  _plot(os.path.join(workdir, "results.png"), records)
+
+
+def _plot(path: str, records: Sequence[dict]) -> None:
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  names = [r["name"] for r in records]
+  height = max(2.5, BAR_HEIGHT_IN * len(records) + 1.2)
+  fig = figure.Figure(figsize=(FIGURE_WIDTH_IN, height), dpi=DPI, layout="constrained")
+  axes = fig.subplots(1, 2, sharey=True)
+  for ax, metric in zip(axes, ("accuracy", "loss")):
+    values = [r["metrics"][metric] for r in records]
+    bars = ax.barh(range(len(records)), values, color=["tab:red" if r["error"] else "tab:blue" for r in records])
+    ax.bar_label(bars, fmt="%.4f", fontsize=8)
+    ax.set_title(f"final eval {metric}")
+    ax.margins(x=0.2)
+  axes[0].set_yticks(range(len(records)), names, fontsize=8)
+  axes[0].invert_yaxis()
+  fig.suptitle("sweep points (red: loss turned NaN/Inf)")
+  fig.savefig(path)
+
+
+# --- Command line ---------------------------------------------------------------------------
+
+
+def _define_flags() -> None:
+  """Only when run as a program, so importing this module defines no flags."""
+  flags.DEFINE_string("sweep", None, "Sweep file: get_sweep() returns a list of override dicts.")
+  flags.DEFINE_integer("vmap_members", 16, "Most points trained together as one vmapped program "
+                       "(points differing only in seed and optimizer hyperparameters); 1 trains each alone.")
+  flags.mark_flag_as_required("sweep")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
+  cli.prepare_process()
+  flag_values = flags.FLAGS
+  cli.report_errors(lambda: run_sweep(flag_values.config, flag_values.sweep, flag_values.workdir,
+                                      flag_values.vmap_members))
+
+
+if __name__ == "__main__":
+  from fmnist_jax import main as cli  # pylint: disable=g-import-not-at-top  # --config, --workdir, --distributed.
+  _define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

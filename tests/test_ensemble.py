@@ -1,0 +1,80 @@
+"""Vmapped members: each equals the single run with its seed and hyperparameters, and resumes."""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from fmnist_jax import checkpoints
+from fmnist_jax import ensemble
+from fmnist_jax import train
+from tests.conftest import tiny_config
+
+DIVERGING_LR = 1e20  # Adam moves every weight by ~lr on its first step: the next loss is NaN.
+
+
+def final_params(workdir):
+  """(step, params) of a workdir's newest checkpoint."""
+  config = train.load_config(workdir)
+  abstract = jax.eval_shape(lambda: train.create_train_state(config, jax.random.PRNGKey(0)).params)
+  return checkpoints.Checkpointer(workdir, read_only=True).restore_params(abstract)
+
+
+def assert_params_close(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+  """A vmapped pair: a diverging learning rate with seed 1 first, then exactly conftest's tiny run."""
+  root = tmp_path_factory.mktemp("ensemble")
+  configs = [tiny_config(seed=1, learning_rate=DIVERGING_LR), tiny_config()]
+  workdirs = [str(root / "diverging"), str(root / "tiny")]
+  return configs, workdirs, ensemble.train_and_evaluate_many(configs, workdirs)
+
+
+def test_member_equals_the_single_run_with_its_seed_and_learning_rate(members, tiny_run):
+  # Member 1 shares the program with a member of another seed and learning rate: if keys or
+  # hyperparameters leaked between members, it would not match the single run.
+  _, workdirs, outcomes = members
+  single_workdir, single_metrics = tiny_run
+  step, params = final_params(workdirs[1])
+  single_step, single_params = final_params(single_workdir)
+  assert step == single_step == tiny_config().num_train_steps
+  assert_params_close(params, single_params)
+  assert outcomes[1].error is None
+  for name, value in single_metrics.items():
+    assert outcomes[1].metrics[name] == pytest.approx(value, abs=1e-4), name
+
+
+def test_a_diverging_member_stops_alone_and_keeps_its_last_good_checkpoint(members):
+  _, workdirs, outcomes = members
+  assert "NaN/Inf" in outcomes[0].error and "learning_rate" in outcomes[0].error
+  saved = checkpoints.Checkpointer(workdirs[0], read_only=True).steps()
+  assert not saved or max(saved) < tiny_config().num_train_steps
+
+
+def test_members_at_different_steps_resume_in_separate_groups(members, tmp_path):
+  # Member 1 is rolled back to step 10, member 2 (new) starts from scratch: two groups, one run.
+  configs, workdirs, _ = members
+  before = final_params(workdirs[1])[1]
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(workdirs[1], resumed)
+  for step in checkpoints.Checkpointer(resumed, read_only=True).steps():
+    if step > 10:
+      shutil.rmtree(os.path.join(resumed, checkpoints.CHECKPOINT_SUBDIR, str(step)))
+  fresh = str(tmp_path / "fresh")
+  outcomes = ensemble.train_and_evaluate_many([configs[1], configs[1]], [resumed, fresh])
+  assert [o.error for o in outcomes] == [None, None]
+  assert_params_close(final_params(resumed)[1], before)
+  assert_params_close(final_params(fresh)[1], before)
+
+
+def test_program_key_ignores_only_seed_and_optimizer_hyperparameters():
+  key = ensemble.program_key(tiny_config())
+  assert ensemble.program_key(tiny_config(seed=3, learning_rate=0.1, b1=0.5, b2=0.9, eps=1e-3)) == key
+  assert ensemble.program_key(tiny_config(batch_size=50)) != key
+  assert ensemble.program_key(tiny_config(**{"model.dense_features": 64})) != key
