@@ -51,5 +51,6 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Execution -------------------------------------------------------------
   config.fuse_steps = "auto"  # Run the steps between two log/eval points as one lax.scan: "auto" (by backend), "on", "off".
   config.halt_on_nan = True  # Stop with an error when the loss turns NaN/Inf (the last good checkpoint is kept).
+  config.deterministic = False  # GPU: bitwise-repeatable runs via XLA's deterministic kernels (slower; see fmnist_jax/determinism.py). The CPU always is.
   config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)  # Persistent XLA compilation cache folder (None: off).
   return config

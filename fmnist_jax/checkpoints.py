@@ -3,10 +3,15 @@
 Each step is stored as two items: `params` (all that prediction needs) and `train` (step and
 optimizer state), so predict restores parameters alone and a shipped model can omit the rest.
 A step that fails to restore (a truncated file, missing metadata, an interrupted save) is
-reported and skipped for the newest step that restores; nothing is ever deleted to recover.
+reported and skipped for the newest step that restores; nothing is ever deleted to recover
+(training renames the skipped steps `<step>.unrestorable`, so that it can save them anew).
+A save that cannot be written (disk full, permissions) is reported as one CheckpointError; the
+steps committed before it stay intact.
 """
 
+import contextlib
 import os
+import re
 from typing import Any, Optional, Tuple
 
 from absl import logging
@@ -27,6 +32,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, max_to_keep: Optional[int] = None, read_only: bool = False):
     self.directory = checkpoint_dir(workdir)
+    self._read_only = read_only
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=not read_only)
@@ -40,13 +46,30 @@ class Checkpointer:
 
   def save(self, step: int, state) -> None:
     """Starts an async save of `state` (a flax TrainState) at `step`."""
-    self._manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state.params),
-        train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state})))
+    with self._write_errors():  # Orbax first waits for the previous save, raising its error.
+      self._manager.save(step, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(state.params),
+          train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state})))
 
   def wait(self) -> None:
     """Blocks until pending saves are committed; raises the save's error, if any."""
-    self._manager.wait_until_finished()
+    with self._write_errors():
+      self._manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _write_errors(self):
+    """A failed async write surfaces at the next save or wait: report it in one line."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore raise many kinds.
+      os_error = re.search(r"os_error_code='(\d+)'", str(e))  # TensorStore's text ends with the cause.
+      reason = os.strerror(int(os_error.group(1))) if os_error else (
+          str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+      self._manager.reload()  # Forget the step that was not committed.
+      kept = f"step {self.steps()[0]} is intact" if self.steps() else "no earlier checkpoint exists"
+      raise errors.CheckpointError(
+          f"cannot write a checkpoint in {self.directory} ({reason}); {kept}. Free disk space or fix "
+          "permissions, then run the same command to resume") from e
 
   def _restore_newest(self, args_for_step, check=None) -> Tuple[Optional[int], Any]:
     failures = []
@@ -74,8 +97,28 @@ class Checkpointer:
             {"step": abstract_state.step, "opt_state": abstract_state.opt_state})))
     if step is None:
       return None, None
+    self._set_aside_newer_than(step)
     return step, abstract_state.replace(
         params=restored.params, step=restored.train["step"], opt_state=restored.train["opt_state"])
+
+  def _set_aside_newer_than(self, step: int) -> None:
+    """Renames the steps newer than `step` (they failed to restore) to `<step>.unrestorable`.
+
+    Kept for inspection, and out of Orbax's way: it skips saving any step not newer than its
+    latest one, so a resumed run could never replace them.
+    """
+    newer = [s for s in self.steps() if s > step]
+    if self._read_only or not newer:
+      return
+    for bad in newer:
+      path = os.path.join(self.directory, str(bad))
+      target, n = f"{path}.unrestorable", 0
+      while os.path.exists(target):
+        n += 1
+        target = f"{path}.unrestorable-{n}"
+      os.rename(path, target)
+      logging.warning("Checkpoint step %d moved to %s (kept); training resumes from step %d", bad, target, step)
+    self._manager.reload()
 
   def restore_params(self, abstract_params) -> Tuple[int, Any]:
     """(step, params) of the newest good checkpoint; only the `params` item is read."""
@@ -105,6 +148,6 @@ class Checkpointer:
   def close(self) -> None:
     """Waits for pending saves (raising their errors) and releases Orbax's threads."""
     try:
-      self._manager.wait_until_finished()
+      self.wait()
     finally:
       self._manager.close()

@@ -1,6 +1,7 @@
 """Command line: python -m fmnist_jax.main --config=experiments/base.py --workdir=runs/x [--config.F=V]."""
 
 import logging as std_logging
+import os
 import sys
 
 from absl import app
@@ -8,6 +9,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from fmnist_jax import determinism
 from fmnist_jax import errors
 
 FLAGS = flags.FLAGS
@@ -18,15 +20,47 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def quiet_library_logs() -> None:
-  """Orbax logs every save step at INFO through absl; keep its warnings, drop the chatter."""
-  logging.get_absl_logger().addFilter(
-      lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname)
+  """Orbax logs every save step at INFO through absl, and a failed write as tracebacks from its
+  threads (which train reports in one line): keep its warnings and errors, one line each."""
+
+  def keep(record) -> bool:
+    if "/orbax/" not in record.pathname:
+      return True
+    record.exc_info = record.exc_text = None
+    return record.levelno >= std_logging.WARNING
+
+  logging.get_absl_logger().addFilter(keep)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with every mistake reported in one line and exit code 2.
+
+  ml_collections raises an unknown --config.FIELD as AttributeError, and a config file that fails
+  to load only when first read: absl would print tracebacks for both.
+  """
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.keys()  # A config file that failed to load raises here, not mid-run.
+    return rest
+  except flags.Error as e:
+    _fail(f"{_one_line(e)} (see --helpshort)", errors.EXIT_USER_ERROR)
+  except (AttributeError, KeyError) as e:  # AttributeError(KeyError("'name'\nDid you mean ...")).
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]
+    _fail(f"unknown config field {_one_line(e.args[0] if e.args else e)}; a --config.FIELD flag must name "
+          "a field of the config file", errors.EXIT_USER_ERROR)
+  except OSError as e:
+    reason = (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[-1]
+    _fail(f"the --config file cannot be loaded ({reason.strip()})", errors.EXIT_USER_ERROR)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
   quiet_library_logs()
+  if FLAGS.config.get("deterministic", False):
+    determinism.enable()  # Before jax starts a backend, which reads XLA_FLAGS once.
+    logging.info("Deterministic GPU kernels: XLA_FLAGS=%s", os.environ["XLA_FLAGS"])
   from fmnist_jax import train  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -44,5 +78,9 @@ def _fail(message: str, code: int) -> None:
   sys.exit(code)
 
 
+def _one_line(text) -> str:
+  return " ".join(str(text).split())[:500]
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -131,8 +131,11 @@ def format_eta(seconds: float) -> str:
 
 
 def save_config(config, workdir: str) -> None:
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+  """Writes a temporary file and renames it: a kill mid-write cannot leave a truncated config."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + ".tmp", "w") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + ".tmp", path)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -4,6 +4,7 @@ import os
 
 import flax.linen as nn
 
+from fmnist_jax import determinism
 from fmnist_jax import errors
 
 DTYPES = ("float32", "bfloat16")
@@ -40,6 +41,9 @@ def validate(config, num_devices: int) -> None:
                              "activation; use e.g. 'elu', 'relu', 'gelu'")
   if config.dtype not in DTYPES:
     raise errors.ConfigError(f"config.dtype={config.dtype!r} must be one of {DTYPES}")
+  if config.get("deterministic", False) and not determinism.enabled():
+    raise errors.ConfigError(f"config.deterministic=True needs XLA_FLAGS={determinism.XLA_FLAG} before jax "
+                             "starts: train with fmnist_jax.main, or export XLA_FLAGS yourself")
   if config.fuse_steps not in FUSE_MODES:
     raise errors.ConfigError(f"config.fuse_steps={config.fuse_steps!r} must be one of {FUSE_MODES}")
   if config.data.source not in DATA_SOURCES:
