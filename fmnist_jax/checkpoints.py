@@ -121,7 +121,15 @@ class Checkpointer:
     self._manager.reload()
 
   def restore_params(self, abstract_params) -> Tuple[int, Any]:
-    """(step, params) of the newest good checkpoint; only the `params` item is read."""
+    """(step, params) of the newest good checkpoint; only the `params` item is read.
+
+    Leaves of `abstract_params` without a sharding are placed on this process's first device:
+    Orbax would otherwise reuse the saved topology and refuse a run trained on other devices.
+    """
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_params = jax.tree.map(
+        lambda a: a if getattr(a, "sharding", None) is not None
+        else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local), abstract_params)
     step, restored = self._restore_newest(
         ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)),
         check=lambda step: self._check_params_shapes(step, abstract_params))

@@ -23,15 +23,20 @@ def final_params(workdir):
 
 
 def assert_params_close(a, b):
+  """Equal up to float32 reordering (vmapped or sharded sums), amplified a little by Adam's
+  normalization over the steps; another seed or learning rate differs by ~1e-2."""
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=5e-5)
 
 
 @pytest.fixture(scope="module")
 def members(tmp_path_factory):
-  """A vmapped pair: a diverging learning rate with seed 1 first, then exactly conftest's tiny run."""
+  """A vmapped pair: a diverging learning rate with seed 1 first, then conftest's tiny run (evaluated
+  only at the end, which changes no training step)."""
   root = tmp_path_factory.mktemp("ensemble")
-  configs = [tiny_config(seed=1, learning_rate=DIVERGING_LR), tiny_config()]
+  num_steps = tiny_config().num_train_steps
+  configs = [tiny_config(seed=1, learning_rate=DIVERGING_LR, eval_every_steps=num_steps),
+             tiny_config(eval_every_steps=num_steps)]
   workdirs = [str(root / "diverging"), str(root / "tiny")]
   return configs, workdirs, ensemble.train_and_evaluate_many(configs, workdirs)
 

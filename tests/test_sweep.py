@@ -1,0 +1,192 @@
+"""The sweep runner: definition errors, a 4-point sweep on real data, skipping and resuming points."""
+
+import contextlib
+import csv
+import logging
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from fmnist_jax import checkpoints
+from fmnist_jax import errors
+from fmnist_jax import sweep
+from tests.conftest import REPO
+from tests.conftest import run_module
+from tests.conftest import tiny_config
+from tests.test_ensemble import assert_params_close
+from tests.test_ensemble import final_params
+
+FOUR_POINTS = """
+def get_sweep():
+  return [{"learning_rate": lr, "seed": seed} for lr in (1e-3, 3e-3) for seed in (0, 1)]
+"""
+SWEEP_STEPS = 20  # Two checkpoints (every 10) per point.
+
+
+def sweep_config():
+  return tiny_config(num_train_steps=SWEEP_STEPS, eval_every_steps=SWEEP_STEPS)
+
+
+def write_sweep(tmp_path, text, name="sweep_def.py"):
+  path = tmp_path / name
+  path.write_text(text)
+  return str(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, "no such file"),
+    ("def get_sweep(:\n", "cannot be loaded (SyntaxError"),
+    ("import no_such_module_xyz\n", "cannot be loaded (ModuleNotFoundError"),
+    ("POINTS = [{}]\n", "has no get_sweep()"),
+    ("def get_sweep():\n  return {'seed': 1}\n", "return a non-empty list"),
+    ("def get_sweep():\n  return []\n", "return a non-empty list"),
+    ("def get_sweep():\n  return [{'seed': 1}, 3]\n", "point 1 is 3"),
+])
+def test_sweep_file_errors_are_one_line(tmp_path, text, message):
+  path = str(tmp_path / "missing.py") if text is None else write_sweep(tmp_path, text)
+  with pytest.raises(errors.ConfigError) as e:
+    sweep.load_sweep(path)
+  assert message in str(e.value) and path in str(e.value)
+  assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("point, message", [
+    ({"learning_rat": 0.1}, "unknown config key 'learning_rat'; known keys: "),
+    ({"model.dense_feature": 8}, "unknown config key 'model.dense_feature'; known keys under model: "),
+    ({"seed.x": 1}, "unknown config key 'seed.x'"),
+    ({"batch_size": "large"}, "batch_size='large' does not fit the config"),
+    ({"batch_size": 0}, "config.batch_size=0 must be a positive integer"),
+])
+def test_bad_points_are_refused_before_training(tmp_path, point, message):
+  path = write_sweep(tmp_path, f"def get_sweep():\n  return [{{}}, {point!r}]\n")
+  with pytest.raises(errors.ConfigError) as e:
+    sweep.plan(tiny_config(), path, str(tmp_path / "runs"), num_devices=1)
+  assert message in str(e.value) and "point 1" in str(e.value)
+  assert not (tmp_path / "runs").exists()
+
+
+def test_duplicate_points_are_refused(tmp_path):
+  path = write_sweep(tmp_path, "def get_sweep():\n  return [{'seed': 1}, {'seed': 2}, {'seed': 1}]\n")
+  with pytest.raises(errors.ConfigError, match="points 0 and 2 are both seed=1"):
+    sweep.plan(tiny_config(), path, str(tmp_path / "runs"), num_devices=1)
+
+
+def test_point_names_are_readable_folder_names():
+  assert sweep.point_name({"learning_rate": 0.001, "seed": 1}) == "learning_rate=0.001,seed=1"
+  assert sweep.point_name({"model.conv_features": (8, 16)}) == "model.conv_features=8x16"
+  assert sweep.point_name({"data.data_dir": "/a b"}) == "data.data_dir=_a_b"
+  assert sweep.point_name({}) == "base"
+
+
+def test_groups_vmap_only_points_that_share_a_program():
+  points = [sweep.Point(str(i), {}, config, "") for i, config in enumerate([
+      tiny_config(seed=0), tiny_config(batch_size=50), tiny_config(seed=1, learning_rate=0.1),
+      tiny_config(seed=2), tiny_config(seed=3)])]
+  assert [[p.name for p in g] for g in sweep.groups(points, vmap_members=3)] == [["0", "2", "3"], ["4"], ["1"]]
+  assert [len(g) for g in sweep.groups(points, vmap_members=1)] == [1] * 5
+
+
+def test_sweep_cli_reports_an_unknown_key_in_one_line(tmp_path):
+  path = write_sweep(tmp_path, "def get_sweep():\n  return [{'model.dense_feature': 8}]\n")
+  r = run_module(["-m", "fmnist_jax.sweep", "--config=experiments/base.py", f"--sweep={path}",
+                  f"--workdir={tmp_path / 'runs'}"], timeout=300)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1].startswith("error: --sweep=")
+  assert "unknown config key 'model.dense_feature'" in r.stderr and "Traceback" not in r.stderr
+
+
+@contextlib.contextmanager
+def compiled_programs():
+  """Names of the programs XLA compiles inside the block (jax logs each with log_compiles on)."""
+  names = []
+
+  class Collect(logging.Handler):
+
+    def emit(self, record):
+      message = record.getMessage()
+      if message.startswith("Finished XLA compilation of "):
+        names.append(message.split()[4])
+
+  handler = Collect(level=logging.WARNING)
+  jax_logger = logging.getLogger("jax")
+  jax_logger.addHandler(handler)
+  try:
+    with jax.log_compiles(True):
+      yield names
+  finally:
+    jax_logger.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def four_point_sweep(tmp_path_factory):
+  """(workdir, sweep file, records, compiled program names) of 2 learning rates x 2 seeds, trained once."""
+  root = tmp_path_factory.mktemp("sweep")
+  path = write_sweep(root, FOUR_POINTS)
+  workdir = str(root / "runs")
+  with compiled_programs() as names:
+    records = sweep.run_sweep(sweep_config(), path, workdir, vmap_members=16)
+  return workdir, path, records, names
+
+
+def test_sweep_trains_every_point_and_writes_one_row_each(four_point_sweep):
+  workdir, _, records, _ = four_point_sweep
+  with open(os.path.join(workdir, "results.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [(float(r["learning_rate"]), int(r["seed"])) for r in rows] == [(1e-3, 0), (1e-3, 1), (3e-3, 0), (3e-3, 1)]
+  assert all(r["status"] == "ok" and r["trained_with"] == "4" and float(r["train_time_s"]) > 0 for r in rows)
+  accuracies = [float(r["accuracy"]) for r in rows]
+  assert min(accuracies) > 0.3 and len(set(accuracies)) == 4  # Learned, and four different runs.
+  with open(os.path.join(workdir, "results.md")) as f:
+    table = [line for line in f if line.startswith("| learning_rate=")]
+  assert len(table) == 4
+  with open(os.path.join(workdir, "results.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  for r in records:
+    point = os.path.join(workdir, r["name"])
+    assert checkpoints.Checkpointer(point, read_only=True).steps()[0] == SWEEP_STEPS
+    for sub in ("train", "eval"):
+      assert any(n.startswith("events.out.tfevents") for n in os.listdir(os.path.join(point, sub)))
+
+
+def test_learning_rates_and_seeds_share_one_compiled_train_program(four_point_sweep):
+  names = four_point_sweep[3]
+  assert sum("train_steps" in n for n in names) == 1, names
+
+
+def test_rerun_skips_finished_points_and_resumes_killed_ones(four_point_sweep, tmp_path, caplog):
+  source, path, records, _ = four_point_sweep
+  workdir = str(tmp_path / "runs")
+  shutil.copytree(source, workdir)
+  names = [r["name"] for r in records]
+  killed, finished = names[2], names[:2] + names[3:]
+  before = final_params(os.path.join(workdir, killed))[1]
+  finished_mtimes = [os.path.getmtime(os.path.join(workdir, n, sweep.RESULT_FILE)) for n in finished]
+  # As if killed after its step-10 checkpoint: no result file, no later checkpoint.
+  point = os.path.join(workdir, killed)
+  os.remove(os.path.join(point, sweep.RESULT_FILE))
+  shutil.rmtree(os.path.join(point, checkpoints.CHECKPOINT_SUBDIR, str(SWEEP_STEPS)))
+  # One at a time this time: the single-run path resumes what the vmapped one saved.
+  with caplog.at_level(logging.INFO):
+    rerun = sweep.run_sweep(sweep_config(), path, workdir, vmap_members=1)
+  assert "Resuming from step 10" in caplog.text
+  assert sum(f"Point {n} finished earlier: skipped" in caplog.text for n in finished) == 3
+  assert [r for r in rerun if r["name"] != killed] == [r for r in records if r["name"] != killed]
+  assert finished_mtimes == [os.path.getmtime(os.path.join(workdir, n, sweep.RESULT_FILE)) for n in finished]
+  assert rerun[2]["trained_with"] == 1
+  step, params = final_params(point)
+  assert step == SWEEP_STEPS
+  assert_params_close(params, before)
+  np.testing.assert_allclose(rerun[2]["metrics"]["accuracy"], records[2]["metrics"]["accuracy"], atol=2e-4)
+  with open(os.path.join(workdir, "results.csv")) as f:
+    assert len(list(csv.DictReader(f))) == 4
+
+
+def test_sweep_definitions_in_the_repo_load(tmp_path):
+  base = tiny_config()
+  for name, size in (("lr.py", 4), ("seeds.py", 5), ("seeds16.py", 16)):
+    points = sweep.plan(base, os.path.join(REPO, "experiments", "sweeps", name), str(tmp_path), num_devices=1)
+    assert len(points) == size
+    assert len(sweep.groups(points, vmap_members=16)) == 1  # Each trains as one vmapped program.
