@@ -16,6 +16,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, event files and the resolved config.")
+flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() first; start one "
+                  "process per host with the same flags.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -54,16 +56,30 @@ def parse_flags(argv):
     _fail(f"the --config file cannot be loaded ({reason.strip()})", errors.EXIT_USER_ERROR)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
+def prepare_process() -> None:
+  """Before any JAX work (shared with fmnist_jax.sweep): quiet logs, kernel flags, joining the hosts."""
   quiet_library_logs()
   if FLAGS.config.get("deterministic", False):
     determinism.enable()  # Before jax starts a backend, which reads XLA_FLAGS once.
     logging.info("Deterministic GPU kernels: XLA_FLAGS=%s", os.environ["XLA_FLAGS"])
+  if FLAGS.distributed:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()  # Coordinator, process count and id come from the cluster (TPU, SLURM, ...).
+    logging.info("Process %d of %d", jax.process_index(), jax.process_count())
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
+  prepare_process()
   from fmnist_jax import train  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
+  report_errors(lambda: train.train_and_evaluate(FLAGS.config, FLAGS.workdir))
+
+
+def report_errors(run) -> None:
+  """Calls run(); errors with a known cause end the process with one line and their exit code."""
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    run()
   except errors.UserError as e:
     _fail(str(e), errors.EXIT_USER_ERROR)
   except errors.NonFiniteLossError as e:
