@@ -100,10 +100,17 @@ def test_bad_workdirs_raise_checkpoint_errors(narrow, tmp_path):
     predict.Predictor(str(other))
 
 
+def snapshot(folder: str) -> dict:
+  return {os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
+          for root, dirs, files in os.walk(folder) for name in dirs + files}
+
+
 def test_cli_prints_the_original_line_without_importing_tensorflow():
+  shipped_files = snapshot(PRETRAINED)
   result = run_module(["-X", "importtime", "scripts/predict.py", "test_imgs/2.png"])
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout == "Predicted class: Pullover\n"
+  assert snapshot(PRETRAINED) == shipped_files  # Prediction writes nothing into the shipped model.
   imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
               if line.startswith("import time:")}
   assert "jax" in imported and "orbax.checkpoint" in imported
