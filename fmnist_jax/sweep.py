@@ -14,6 +14,7 @@ killed one resumes from its newest checkpoint. `results.csv`, `results.md` and `
 `<workdir>` are rewritten after every group.
 """
 
+import contextlib
 import csv
 import dataclasses
 import importlib.util
@@ -31,6 +32,7 @@ import ml_collections
 from fmnist_jax import errors
 
 RESULT_FILE = "sweep_result.json"  # In each point's workdir once it finished.
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax.monitoring event of each XLA compile.
 METRICS = ("accuracy", "loss", "precision", "recall")  # Final evaluation on the test split.
 FIGURE_WIDTH_IN, BAR_HEIGHT_IN, DPI = 10.0, 0.35, 100
 
@@ -154,21 +156,41 @@ def groups(points: Sequence[Point], vmap_members: int) -> List[List[Point]]:
           for i in range(0, len(members), vmap_members)]
 
 
+@contextlib.contextmanager
+def _compile_seconds():
+  """Seconds XLA spends compiling inside the block, from jax.monitoring's backend-compile events."""
+  import jax  # pylint: disable=g-import-not-at-top
+  total = [0.0]
+
+  def listen(event, duration, **_):
+    if event == COMPILE_EVENT:
+      total[0] += duration
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    yield total
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+
+
 def _train_group(group: List[Point]) -> List[dict]:
   """Trains one group; returns each point's result record."""
   from fmnist_jax import ensemble  # pylint: disable=g-import-not-at-top
   from fmnist_jax import train  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  if len(group) == 1:
-    try:
-      outcomes = [ensemble.Outcome(train.train_and_evaluate(group[0].config, group[0].workdir))]
-    except errors.NonFiniteLossError as e:
-      outcomes = [ensemble.Outcome({k: float("nan") for k in METRICS}, str(e))]
-  else:
-    outcomes = ensemble.train_and_evaluate_many([p.config for p in group], [p.workdir for p in group])
-  seconds = (time.perf_counter() - start) / len(group)
+  with _compile_seconds() as compile_seconds:
+    if len(group) == 1:
+      try:
+        outcomes = [ensemble.Outcome(train.train_and_evaluate(group[0].config, group[0].workdir))]
+      except errors.NonFiniteLossError as e:
+        outcomes = [ensemble.Outcome({k: float("nan") for k in METRICS}, str(e))]
+    else:
+      outcomes = ensemble.train_and_evaluate_many([p.config for p in group], [p.workdir for p in group])
+  seconds = time.perf_counter() - start
+  logging.info("Group of %d trained in %.1f s, %.1f s of it compiling", len(group), seconds, compile_seconds[0])
   return [{"name": p.name, "overrides": p.overrides, "metrics": o.metrics, "error": o.error,
-           "train_time_s": seconds, "trained_with": len(group), "config": _config_dict(p.config)}
+           "train_time_s": seconds / len(group), "compile_time_s": compile_seconds[0] / len(group),
+           "trained_with": len(group), "config": _config_dict(p.config)}
           for p, o in zip(group, outcomes)]
 
 
@@ -209,12 +231,13 @@ def run_sweep(base: ml_collections.ConfigDict, sweep_path: str, workdir: str, vm
 
 def _rows(records: Sequence[dict]) -> tuple:
   keys = list(dict.fromkeys(k for r in records for k in r["overrides"]))
-  header = ["point"] + keys + list(METRICS) + ["train_time_s", "trained_with", "status"]
+  header = ["point"] + keys + list(METRICS) + ["train_time_s", "compile_time_s", "trained_with", "status"]
   rows = []
   for r in records:
     rows.append([r["name"]] + [_format_value(r["overrides"].get(k, "")) for k in keys]
                 + [r["metrics"][m] for m in METRICS]
-                + [round(r["train_time_s"], 1), r["trained_with"], "diverged" if r["error"] else "ok"])
+                + [round(r["train_time_s"], 1), round(r["compile_time_s"], 1), r["trained_with"],
+                   "diverged" if r["error"] else "ok"])
   return header, rows
 
 
@@ -228,12 +251,13 @@ def write_results(workdir: str, records: Sequence[dict]) -> None:
       writer.writerow(row + [r["error"] or ""])
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
-    lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    lines.append("| " + " | ".join(f"{v:.4f}" if h in METRICS else str(v) for h, v in zip(header, row)) + " |")
   notes = [f"- {r['name']}: {r['error']}" for r in records if r["error"]]
   text = "\n".join(lines) + "\n"
   text += ("\n" + "\n".join(notes) + "\n" if notes else "")
-  text += ("\ntrain_time_s: wall seconds of the call that finished the point (data, compile, training, "
-           "evaluation), divided by the points trained with it.\n")
+  text += ("\ntrain_time_s: wall seconds of the call that finished the point (data, compiling, training, "
+           "evaluation); compile_time_s: the XLA compiling in it. Both are divided by the points trained "
+           "with it (trained_with).\n")
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(text)
   _plot(os.path.join(workdir, "results.png"), records)

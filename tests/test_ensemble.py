@@ -1,5 +1,6 @@
 """Vmapped members: each equals the single run with its seed and hyperparameters, and resumes."""
 
+import logging
 import os
 import shutil
 
@@ -62,20 +63,22 @@ def test_a_diverging_member_stops_alone_and_keeps_its_last_good_checkpoint(membe
   assert not saved or max(saved) < tiny_config().num_train_steps
 
 
-def test_members_at_different_steps_resume_in_separate_groups(members, tmp_path):
-  # Member 1 is rolled back to step 10, member 2 (new) starts from scratch: two groups, one run.
+def test_members_at_different_steps_resume_in_separate_groups(members, tmp_path, caplog):
+  # Two copies of the tiny member, rolled back to steps 10 and 20: two groups, one call.
   configs, workdirs, _ = members
   before = final_params(workdirs[1])[1]
-  resumed = str(tmp_path / "resumed")
-  shutil.copytree(workdirs[1], resumed)
-  for step in checkpoints.Checkpointer(resumed, read_only=True).steps():
-    if step > 10:
-      shutil.rmtree(os.path.join(resumed, checkpoints.CHECKPOINT_SUBDIR, str(step)))
-  fresh = str(tmp_path / "fresh")
-  outcomes = ensemble.train_and_evaluate_many([configs[1], configs[1]], [resumed, fresh])
+  copies = [str(tmp_path / "from10"), str(tmp_path / "from20")]
+  for copy, keep_through in zip(copies, (10, 20)):
+    shutil.copytree(workdirs[1], copy)
+    for step in checkpoints.Checkpointer(copy, read_only=True).steps():
+      if step > keep_through:
+        shutil.rmtree(os.path.join(copy, checkpoints.CHECKPOINT_SUBDIR, str(step)))
+  with caplog.at_level(logging.INFO):
+    outcomes = ensemble.train_and_evaluate_many([configs[1], configs[1]], copies)
+  assert "1 member(s) resume from step 10" in caplog.text and "1 member(s) resume from step 20" in caplog.text
   assert [o.error for o in outcomes] == [None, None]
-  assert_params_close(final_params(resumed)[1], before)
-  assert_params_close(final_params(fresh)[1], before)
+  for copy in copies:
+    assert_params_close(final_params(copy)[1], before)
 
 
 def test_program_key_ignores_only_seed_and_optimizer_hyperparameters():

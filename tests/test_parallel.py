@@ -12,9 +12,10 @@ from tests.test_ensemble import assert_params_close
 from tests.test_ensemble import final_params
 
 EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}  # Read when jax starts its backend.
-STEPS = 6
-CONFIG_ARGS = dict(batch_size=96, num_train_steps=STEPS, eval_every_steps=STEPS, checkpoint_every_steps=STEPS,
-                   log_every_steps=STEPS)  # 96 splits over 8 devices.
+STEPS = 5
+CONFIG_ARGS = {"batch_size": 96, "num_train_steps": STEPS, "eval_every_steps": STEPS,  # 96 splits over 8.
+               "checkpoint_every_steps": STEPS, "log_every_steps": STEPS,
+               "model.conv_features": (4, 8), "model.dense_features": 16}
 
 # Runs in a fresh process so that XLA_FLAGS applies: a single run, a vmapped pair, and the compiled
 # train step (whose gradient must be all-reduced across the devices if the batch is really split).

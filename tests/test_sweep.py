@@ -27,7 +27,9 @@ SWEEP_STEPS = 20  # Two checkpoints (every 10) per point.
 
 
 def sweep_config():
-  return tiny_config(num_train_steps=SWEEP_STEPS, eval_every_steps=SWEEP_STEPS)
+  """Smaller than tiny: evaluating 4 models on the 10,000 test images dominates this test's time."""
+  return tiny_config(num_train_steps=SWEEP_STEPS, eval_every_steps=SWEEP_STEPS,
+                     **{"model.conv_features": (4, 8), "model.dense_features": 16})
 
 
 def write_sweep(tmp_path, text, name="sweep_def.py"):
@@ -136,7 +138,8 @@ def test_sweep_trains_every_point_and_writes_one_row_each(four_point_sweep):
   with open(os.path.join(workdir, "results.csv")) as f:
     rows = list(csv.DictReader(f))
   assert [(float(r["learning_rate"]), int(r["seed"])) for r in rows] == [(1e-3, 0), (1e-3, 1), (3e-3, 0), (3e-3, 1)]
-  assert all(r["status"] == "ok" and r["trained_with"] == "4" and float(r["train_time_s"]) > 0 for r in rows)
+  assert all(r["status"] == "ok" and r["trained_with"] == "4" for r in rows)
+  assert all(float(r["train_time_s"]) > float(r["compile_time_s"]) > 0 for r in rows)
   accuracies = [float(r["accuracy"]) for r in rows]
   assert min(accuracies) > 0.3 and len(set(accuracies)) == 4  # Learned, and four different runs.
   with open(os.path.join(workdir, "results.md")) as f:
