@@ -1,7 +1,7 @@
 """Sweeps: train every point of `experiments/sweeps/*.py` in its own workdir, then tabulate and plot them.
 
   python -m fmnist_jax.sweep --config=experiments/base.py --sweep=experiments/sweeps/lr.py \
-      --workdir=runs/lr [--config.F=V ...] [--vmap_members=16]
+      --workdir=runs/lr [--config.F=V ...] [--vmap_members=16] [--part=I/N] [--distributed]
 
 A sweep file defines `get_sweep()` returning a list of override dicts with dotted keys
 (`{"model.dense_features": 512, "seed": 1}`); `--config.*` flags apply to every point. Point
@@ -11,7 +11,8 @@ train together, vmapped over a model axis (one compiled program; `ensemble.py`),
 `--vmap_members` at a time; the others train one by one with `train.train_and_evaluate`.
 A finished point leaves `sweep_result.json` and is skipped by a re-run with the same config; a
 killed one resumes from its newest checkpoint. `results.csv`, `results.md` and `results.png` in
-`<workdir>` are rewritten after every group.
+`<workdir>` are rewritten from the finished points after every group, so N processes can share a
+sweep with `--part=I/N` (e.g. one per GPU).
 """
 
 import contextlib
@@ -22,7 +23,7 @@ import json
 import os
 import re
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -194,36 +195,61 @@ def _train_group(group: List[Point]) -> List[dict]:
           for p, o in zip(group, outcomes)]
 
 
-def run_sweep(base: ml_collections.ConfigDict, sweep_path: str, workdir: str, vmap_members: int) -> List[dict]:
-  """Trains every unfinished point of the sweep and writes the results; returns one record per point."""
+def parse_part(text: str) -> Tuple[int, int]:
+  """`--part=I/N` → (I, N): this process trains groups I, I+N, I+2N, ... of the sweep."""
+  match = re.fullmatch(r"(\d+)/(\d+)", text)
+  if not match or not int(match.group(1)) < int(match.group(2)):
+    raise errors.ConfigError(f"--part={text} must be I/N with 0 <= I < N, e.g. --part=0/4 for the first "
+                             "of 4 processes")
+  return int(match.group(1)), int(match.group(2))
+
+
+def _write_atomically(path: str, write) -> None:
+  """write(tmp_path), then rename: processes sharing a sweep never read a half-written file."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  write(tmp)
+  os.replace(tmp, path)
+
+
+def _finished_records(points: Sequence[Point]) -> List[dict]:
+  return [r for r in map(_finished, points) if r is not None]
+
+
+def run_sweep(base: ml_collections.ConfigDict, sweep_path: str, workdir: str, vmap_members: int,
+              part: Tuple[int, int] = (0, 1)) -> List[dict]:
+  """Trains the unfinished points of the sweep (of groups part[0], part[0] + part[1], ...), writes the
+  results of every finished point, and returns their records in sweep order."""
   import jax  # pylint: disable=g-import-not-at-top
   if vmap_members < 1:
     raise errors.ConfigError(f"--vmap_members={vmap_members} must be >= 1 (1 trains every point alone)")
   points = plan(base, sweep_path, workdir, jax.device_count())
   is_chief = jax.process_index() == 0
-  results: Dict[str, dict] = {}
-  todo = []
-  for p in points:
-    done = _finished(p)
-    if done is None:
-      todo.append(p)
-    else:
-      logging.info("Point %s finished earlier: skipped", p.name)
-      results[p.name] = done
-  for n, group in enumerate(groups(todo, vmap_members)):
-    logging.info("Group %d: %s (%s)", n + 1, ", ".join(p.name for p in group),
-                 "vmapped" if len(group) > 1 else "alone")
-    for record in _train_group(group):
-      results[record["name"]] = record
+  index, count = part
+  for group in groups(points, vmap_members)[index::count]:  # Grouped before skipping: stable across parts.
+    todo = []
+    for p in group:
+      if _finished(p) is None:
+        todo.append(p)
+      else:
+        logging.info("Point %s finished earlier: skipped", p.name)
+    if not todo:
+      continue
+    logging.info("Training %s (%s)", ", ".join(p.name for p in todo), "vmapped" if len(todo) > 1 else "alone")
+    for record in _train_group(todo):
       if is_chief:
-        with open(os.path.join(os.path.abspath(workdir), record["name"], RESULT_FILE), "w") as f:
-          json.dump(record, f, indent=2)
+        _write_atomically(os.path.join(os.path.abspath(workdir), record["name"], RESULT_FILE),
+                          lambda tmp, record=record: _write_json(tmp, record))
     if is_chief:
-      write_results(workdir, [results[p.name] for p in points if p.name in results])
-  ordered = [results[p.name] for p in points]
+      write_results(workdir, _finished_records(points))
+  records = _finished_records(points)
   if is_chief:
-    write_results(workdir, ordered)
-  return ordered
+    write_results(workdir, records)
+  return records
+
+
+def _write_json(path: str, record: dict) -> None:
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2)
 
 
 # --- Results ----------------------------------------------------------------------------------
@@ -244,11 +270,14 @@ def _rows(records: Sequence[dict]) -> tuple:
 def write_results(workdir: str, records: Sequence[dict]) -> None:
   """results.csv, results.md and results.png in `workdir`, one row (bar) per point."""
   header, rows = _rows(records)
-  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(header + ["error"])
-    for r, row in zip(records, rows):
-      writer.writerow(row + [r["error"] or ""])
+
+  def write_csv(path):
+    with open(path, "w", newline="") as f:
+      writer = csv.writer(f)
+      writer.writerow(header + ["error"])
+      for r, row in zip(records, rows):
+        writer.writerow(row + [r["error"] or ""])
+
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     lines.append("| " + " | ".join(f"{v:.4f}" if h in METRICS else str(v) for h, v in zip(header, row)) + " |")
@@ -258,9 +287,14 @@ def write_results(workdir: str, records: Sequence[dict]) -> None:
   text += ("\ntrain_time_s: wall seconds of the call that finished the point (data, compiling, training, "
            "evaluation); compile_time_s: the XLA compiling in it. Both are divided by the points trained "
            "with it (trained_with).\n")
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(text)
-  _plot(os.path.join(workdir, "results.png"), records)
+
+  def write_md(path):
+    with open(path, "w") as f:
+      f.write(text)
+
+  _write_atomically(os.path.join(workdir, "results.csv"), write_csv)
+  _write_atomically(os.path.join(workdir, "results.md"), write_md)
+  _write_atomically(os.path.join(workdir, "results.png"), lambda path: _plot(path, records))
 
 
 def _plot(path: str, records: Sequence[dict]) -> None:
@@ -278,7 +312,7 @@ def _plot(path: str, records: Sequence[dict]) -> None:
   axes[0].set_yticks(range(len(records)), names, fontsize=8)
   axes[0].invert_yaxis()
   fig.suptitle("sweep points (red: loss turned NaN/Inf)")
-  fig.savefig(path)
+  fig.savefig(path, format="png")
 
 
 # --- Command line ---------------------------------------------------------------------------
@@ -289,6 +323,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("sweep", None, "Sweep file: get_sweep() returns a list of override dicts.")
   flags.DEFINE_integer("vmap_members", 16, "Most points trained together as one vmapped program "
                        "(points differing only in seed and optimizer hyperparameters); 1 trains each alone.")
+  flags.DEFINE_string("part", "0/1", "I/N: train only groups I, I+N, I+2N, ... of the sweep, e.g. one "
+                      "process per GPU (CUDA_VISIBLE_DEVICES=I ... --part=I/N).")
   flags.mark_flag_as_required("sweep")
 
 
@@ -298,7 +334,7 @@ def main(argv):
   cli.prepare_process()
   flag_values = flags.FLAGS
   cli.report_errors(lambda: run_sweep(flag_values.config, flag_values.sweep, flag_values.workdir,
-                                      flag_values.vmap_members))
+                                      flag_values.vmap_members, parse_part(flag_values.part)))
 
 
 if __name__ == "__main__":

@@ -171,11 +171,14 @@ def test_rerun_skips_finished_points_and_resumes_killed_ones(four_point_sweep, t
   point = os.path.join(workdir, killed)
   os.remove(os.path.join(point, sweep.RESULT_FILE))
   shutil.rmtree(os.path.join(point, checkpoints.CHECKPOINT_SUBDIR, str(SWEEP_STEPS)))
-  # One at a time this time: the single-run path resumes what the vmapped one saved.
+  # One at a time this time (groups of 1), so the single-run path resumes what the vmapped one
+  # saved; in two parts, as two processes would: part 1/2 has groups 1 and 3, both finished.
+  assert sweep.run_sweep(sweep_config(), path, workdir, vmap_members=1, part=(1, 2)) == [
+      r for r in records if r["name"] != killed]
   with caplog.at_level(logging.INFO):
-    rerun = sweep.run_sweep(sweep_config(), path, workdir, vmap_members=1)
+    rerun = sweep.run_sweep(sweep_config(), path, workdir, vmap_members=1, part=(0, 2))
   assert "Resuming from step 10" in caplog.text
-  assert sum(f"Point {n} finished earlier: skipped" in caplog.text for n in finished) == 3
+  assert sum(f"Point {n} finished earlier: skipped" in caplog.text for n in finished) == 1  # Group 0.
   assert [r for r in rerun if r["name"] != killed] == [r for r in records if r["name"] != killed]
   assert finished_mtimes == [os.path.getmtime(os.path.join(workdir, n, sweep.RESULT_FILE)) for n in finished]
   assert rerun[2]["trained_with"] == 1
@@ -193,3 +196,10 @@ def test_sweep_definitions_in_the_repo_load(tmp_path):
     points = sweep.plan(base, os.path.join(REPO, "experiments", "sweeps", name), str(tmp_path), num_devices=1)
     assert len(points) == size
     assert len(sweep.groups(points, vmap_members=16)) == 1  # Each trains as one vmapped program.
+
+
+def test_part_flag_is_checked():
+  assert sweep.parse_part("1/3") == (1, 3)
+  for bad in ("3/3", "1", "a/b", "-1/2"):
+    with pytest.raises(errors.ConfigError, match="must be I/N"):
+      sweep.parse_part(bad)
