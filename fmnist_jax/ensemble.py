@@ -63,6 +63,7 @@ class EnsembleTrainer:
   """The device data (shared by all members) and the vmapped programs."""
 
   def __init__(self, config):
+    self.config = config
     self.single = train.Trainer(config, workdir="")  # Data, mesh, schedule and fusing, as a single run has them.
     t = self.single
     replicated = parallel.replicated(t.mesh)
@@ -120,16 +121,21 @@ def _member_scalars(collection) -> List[Dict[str, float]]:
   return [metrics_lib.scalars(_member(collection, i)) for i in range(num_members)]
 
 
-def train_and_evaluate_many(configs: Sequence, workdirs: Sequence[str]) -> List[Outcome]:
+def train_and_evaluate_many(configs: Sequence, workdirs: Sequence[str],
+                            trainer: Optional[EnsembleTrainer] = None) -> List[Outcome]:
   """Trains (or resumes) `configs[i]` in `workdirs[i]`, all at once; configs share one program_key.
 
   Members restored at different steps (e.g. one added to a sweep later) train as separate vmapped
-  groups, one per step.
+  groups, one per step. `trainer`, built for a config of the same program_key, lends its device
+  data and compiled programs (a sweep's later groups skip loading and, at equal size, compiling).
   """
   if len({program_key(c) for c in configs}) != 1:
     raise ValueError("train_and_evaluate_many needs configs that differ only in " + ", ".join(VMAPPED_FIELDS))
   workdirs = [train.prepare(c, w) for c, w in zip(configs, workdirs)]
-  trainer = EnsembleTrainer(configs[0])
+  if trainer is None:
+    trainer = EnsembleTrainer(configs[0])
+  elif program_key(trainer.config) != program_key(configs[0]):
+    raise ValueError("the trainer was built for another program_key")
   is_chief = jax.process_index() == 0
   ckpts, run_writers = [], []
   try:

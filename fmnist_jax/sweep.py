@@ -158,7 +158,7 @@ def groups(points: Sequence[Point], vmap_members: int) -> List[List[Point]]:
 
 
 @contextlib.contextmanager
-def _compile_seconds():
+def compile_seconds():
   """Seconds XLA spends compiling inside the block, from jax.monitoring's backend-compile events."""
   import jax  # pylint: disable=g-import-not-at-top
   total = [0.0]
@@ -174,23 +174,32 @@ def _compile_seconds():
     jax.monitoring.unregister_event_duration_listener(listen)
 
 
-def _train_group(group: List[Point]) -> List[dict]:
-  """Trains one group; returns each point's result record."""
+def _train_group(group: List[Point], trainers: Dict[str, Any]) -> List[dict]:
+  """Trains one group; returns each point's result record.
+
+  `trainers` keeps the ensemble trainer of the last vmapped group: the next group of the same
+  program reuses its device data and compiled programs.
+  """
   from fmnist_jax import ensemble  # pylint: disable=g-import-not-at-top
   from fmnist_jax import train  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  with _compile_seconds() as compile_seconds:
+  with compile_seconds() as compiling:
     if len(group) == 1:
       try:
         outcomes = [ensemble.Outcome(train.train_and_evaluate(group[0].config, group[0].workdir))]
       except errors.NonFiniteLossError as e:
         outcomes = [ensemble.Outcome({k: float("nan") for k in METRICS}, str(e))]
     else:
-      outcomes = ensemble.train_and_evaluate_many([p.config for p in group], [p.workdir for p in group])
+      key = ensemble.program_key(group[0].config)
+      if key not in trainers:
+        trainers.clear()  # One at a time: each holds the dataset on the device.
+        trainers[key] = ensemble.EnsembleTrainer(group[0].config)
+      outcomes = ensemble.train_and_evaluate_many(
+          [p.config for p in group], [p.workdir for p in group], trainers[key])
   seconds = time.perf_counter() - start
-  logging.info("Group of %d trained in %.1f s, %.1f s of it compiling", len(group), seconds, compile_seconds[0])
+  logging.info("Group of %d trained in %.1f s, %.1f s of it compiling", len(group), seconds, compiling[0])
   return [{"name": p.name, "overrides": p.overrides, "metrics": o.metrics, "error": o.error,
-           "train_time_s": seconds / len(group), "compile_time_s": compile_seconds[0] / len(group),
+           "train_time_s": seconds / len(group), "compile_time_s": compiling[0] / len(group),
            "trained_with": len(group), "config": _config_dict(p.config)}
           for p, o in zip(group, outcomes)]
 
@@ -225,6 +234,7 @@ def run_sweep(base: ml_collections.ConfigDict, sweep_path: str, workdir: str, vm
   points = plan(base, sweep_path, workdir, jax.device_count())
   is_chief = jax.process_index() == 0
   index, count = part
+  trainers = {}
   for group in groups(points, vmap_members)[index::count]:  # Grouped before skipping: stable across parts.
     todo = []
     for p in group:
@@ -235,7 +245,7 @@ def run_sweep(base: ml_collections.ConfigDict, sweep_path: str, workdir: str, vm
     if not todo:
       continue
     logging.info("Training %s (%s)", ", ".join(p.name for p in todo), "vmapped" if len(todo) > 1 else "alone")
-    for record in _train_group(todo):
+    for record in _train_group(todo, trainers):
       if is_chief:
         _write_atomically(os.path.join(os.path.abspath(workdir), record["name"], RESULT_FILE),
                           lambda tmp, record=record: _write_json(tmp, record))

@@ -1,0 +1,87 @@
+"""Training cost of N seeds of one config, vmapped (one program) vs one run after another, as JSON:
+
+  python scripts/benchmark_sweep.py --config=experiments/base.py --num_seeds=16 --steps=5 \
+      [--sequential_seeds=4] [--config.FIELD=VALUE ...]
+
+For each way: XLA compile seconds (jax.monitoring), the first step (compile + run), and seconds per
+model per step over `--steps` further steps. One run after another builds each run's trainer as the
+sweep runner does (its own compile); `--sequential_seeds` measures only the first few of them, which
+all cost the same. Evaluation is left out: both ways evaluate the same images per model.
+"""
+
+import json
+import os
+import resource
+import time
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).", lock_config=True)
+flags.DEFINE_integer("num_seeds", 16, "Seeds trained vmapped.")
+flags.DEFINE_integer("steps", 5, "Timed steps after the first one.")
+flags.DEFINE_integer("sequential_seeds", None, "Seeds measured one after another (default: num_seeds).")
+flags.mark_flag_as_required("config")
+
+
+def _timed(fn):
+  start, cpu = time.perf_counter(), time.process_time()
+  out = fn()
+  return out, time.perf_counter() - start, time.process_time() - cpu
+
+
+def _vmapped(config, seeds, steps):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import ensemble, sweep, train  # pylint: disable=g-import-not-at-top
+  configs = [_seeded(config, s) for s in seeds]
+  trainer, setup_s, _ = _timed(lambda: ensemble.EnsembleTrainer(config))
+  keys = jnp.stack([train.derive_keys(s)[1] for s in seeds])
+  with sweep.compile_seconds() as compiling:
+    states, first_s, _ = _timed(lambda: jax.block_until_ready(
+        trainer.run_steps(trainer.initial_states(configs), keys, 0, 1)[0]))
+  _, steps_s, steps_cpu = _timed(lambda: jax.block_until_ready(trainer.run_steps(states, keys, 1, 1 + steps)[0]))
+  return {"models": len(seeds), "data_s": setup_s, "compile_s": compiling[0], "first_step_s": first_s,
+          "step_s_per_model": steps_s / steps / len(seeds), "step_cpu_s_per_model": steps_cpu / steps / len(seeds)}
+
+
+def _sequential(config, seeds, steps):
+  import jax  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import sweep, train  # pylint: disable=g-import-not-at-top
+  per_run = []
+  for seed in seeds:
+    trainer, setup_s, _ = _timed(lambda seed=seed: train.Trainer(_seeded(config, seed), ""))
+    with sweep.compile_seconds() as compiling:
+      state, first_s, _ = _timed(lambda: jax.block_until_ready(trainer.run_steps(trainer.initial_state(), 0, 1)[0]))
+    _, steps_s, steps_cpu = _timed(lambda state=state: jax.block_until_ready(trainer.run_steps(state, 1, 1 + steps)[0]))
+    per_run.append({"data_s": setup_s, "compile_s": compiling[0], "first_step_s": first_s,
+                    "step_s_per_model": steps_s / steps, "step_cpu_s_per_model": steps_cpu / steps})
+  mean = {k: sum(r[k] for r in per_run) / len(per_run) for k in per_run[0]}
+  return {"models": len(seeds), "mean_per_run": mean, "runs": per_run}
+
+
+def _seeded(config, seed):
+  config = config.copy_and_resolve_references()
+  config.seed = seed
+  return config
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
+  import jax  # pylint: disable=g-import-not-at-top
+  config, steps = FLAGS.config, FLAGS.steps
+  seeds = list(range(FLAGS.num_seeds))
+  load_before = os.getloadavg()
+  result = {"backend": jax.default_backend(), "devices": jax.device_count(), "steps": steps,
+            "batch_size": config.batch_size, "vmapped": _vmapped(config, seeds, steps),
+            "sequential": _sequential(config, seeds[:FLAGS.sequential_seeds or len(seeds)], steps),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # Linux: KiB.
+            "load_average_before_after": [load_before[0], os.getloadavg()[0]]}
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)
