@@ -1,10 +1,11 @@
 """Training cost of N seeds of one config, vmapped (one program) vs one run after another, as JSON:
 
   python scripts/benchmark_sweep.py --config=experiments/base.py --num_seeds=16 --steps=5 \
-      [--sequential_seeds=4] [--config.FIELD=VALUE ...]
+      [--vmap_members=4] [--sequential_seeds=4] [--config.FIELD=VALUE ...]
 
-For each way: XLA compile seconds (jax.monitoring), the first step (compile + run), and seconds per
-model per step over `--steps` further steps. One run after another builds each run's trainer as the
+For each way: XLA compile seconds (jax.monitoring), the first step of each program (compile + run),
+and seconds per model per step over `--steps` further steps. Vmapped groups of `--vmap_members` share
+one trainer, as in the sweep runner. One run after another builds each run's trainer as the
 sweep runner does (its own compile); `--sequential_seeds` measures only the first few of them, which
 all cost the same. Evaluation is left out: both ways evaluate the same images per model.
 """
@@ -23,6 +24,7 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (experim
 flags.DEFINE_integer("num_seeds", 16, "Seeds trained vmapped.")
 flags.DEFINE_integer("steps", 5, "Timed steps after the first one.")
 flags.DEFINE_integer("sequential_seeds", None, "Seeds measured one after another (default: num_seeds).")
+flags.DEFINE_integer("vmap_members", None, "Seeds per vmapped program, as the sweep's flag (default: all).")
 flags.mark_flag_as_required("config")
 
 
@@ -32,19 +34,25 @@ def _timed(fn):
   return out, time.perf_counter() - start, time.process_time() - cpu
 
 
-def _vmapped(config, seeds, steps):
+def _vmapped(config, seeds, steps, group_size):
+  """Groups of `group_size` seeds, one after another, sharing one trainer as the sweep runner does."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from fmnist_jax import ensemble, sweep, train  # pylint: disable=g-import-not-at-top
-  configs = [_seeded(config, s) for s in seeds]
   trainer, setup_s, _ = _timed(lambda: ensemble.EnsembleTrainer(config))
-  keys = jnp.stack([train.derive_keys(s)[1] for s in seeds])
-  with sweep.compile_seconds() as compiling:
-    states, first_s, _ = _timed(lambda: jax.block_until_ready(
-        trainer.run_steps(trainer.initial_states(configs), keys, 0, 1)[0]))
-  _, steps_s, steps_cpu = _timed(lambda: jax.block_until_ready(trainer.run_steps(states, keys, 1, 1 + steps)[0]))
-  return {"models": len(seeds), "data_s": setup_s, "compile_s": compiling[0], "first_step_s": first_s,
-          "step_s_per_model": steps_s / steps / len(seeds), "step_cpu_s_per_model": steps_cpu / steps / len(seeds)}
+  compile_s = first_s = steps_s = steps_cpu = 0.0
+  for start in range(0, len(seeds), group_size):
+    group = seeds[start:start + group_size]
+    keys = jnp.stack([train.derive_keys(s)[1] for s in group])
+    with sweep.compile_seconds() as compiling:
+      states, seconds, _ = _timed(lambda: jax.block_until_ready(trainer.run_steps(
+          trainer.initial_states([_seeded(config, s) for s in group]), keys, 0, 1)[0]))
+    compile_s, first_s = compile_s + compiling[0], first_s + seconds
+    _, seconds, cpu = _timed(lambda: jax.block_until_ready(trainer.run_steps(states, keys, 1, 1 + steps)[0]))
+    steps_s, steps_cpu = steps_s + seconds, steps_cpu + cpu
+  return {"models": len(seeds), "group_size": group_size, "data_s": setup_s, "compile_s": compile_s,
+          "first_steps_s": first_s, "step_s_per_model": steps_s / steps / len(seeds),
+          "step_cpu_s_per_model": steps_cpu / steps / len(seeds)}
 
 
 def _sequential(config, seeds, steps):
@@ -76,7 +84,7 @@ def main(argv):
   seeds = list(range(FLAGS.num_seeds))
   load_before = os.getloadavg()
   result = {"backend": jax.default_backend(), "devices": jax.device_count(), "steps": steps,
-            "batch_size": config.batch_size, "vmapped": _vmapped(config, seeds, steps),
+            "batch_size": config.batch_size, "vmapped": _vmapped(config, seeds, steps, FLAGS.vmap_members or len(seeds)),
             "sequential": _sequential(config, seeds[:FLAGS.sequential_seeds or len(seeds)], steps),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # Linux: KiB.
             "load_average_before_after": [load_before[0], os.getloadavg()[0]]}
