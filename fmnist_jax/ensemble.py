@@ -1,9 +1,9 @@
 """Runs of one config that differ only in seed and optimizer hyperparameters, trained at once.
 
-The members are stacked on a leading model axis and each program is `jax.vmap` of the single-run
-one (`train.train_steps`, `train.evaluate_batches`, `train.create_train_state`), so N members cost
-one compile and one dispatch per step, and member i computes what a single run with its seed and
-hyperparameters computes. Learning rate and Adam's b1/b2/eps are arrays in the optimizer state
+The members are stacked on a leading model axis and the train and eval programs are `jax.vmap` of
+the single-run ones (`train.train_steps`, `train.evaluate_batches`; the batch stays sharded over
+the `data` mesh axis), so N members cost one compile and one dispatch per step, and member i
+computes what a single run with its seed and hyperparameters computes (tested to allclose). Learning rate and Adam's b1/b2/eps are arrays in the optimizer state
 (`optax.inject_hyperparams`), so they vary per member inside the same program. Each member keeps
 its own workdir laid out as `train.train_and_evaluate` lays it out (config.json, checkpoints,
 train/ and eval/ event files), so either can resume the other's run.

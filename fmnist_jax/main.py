@@ -64,7 +64,11 @@ def prepare_process() -> None:
     logging.info("Deterministic GPU kernels: XLA_FLAGS=%s", os.environ["XLA_FLAGS"])
   if FLAGS.distributed:
     import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()  # Coordinator, process count and id come from the cluster (TPU, SLURM, ...).
+    try:  # Coordinator, process count and id come from the cluster: Cloud TPU, SLURM, Open MPI, k8s.
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+      _fail(f"--distributed: jax.distributed.initialize() failed ({_one_line(e)}); start one process per "
+            "host with srun, mpirun or `gcloud compute tpus tpu-vm ssh --worker=all`", errors.EXIT_USER_ERROR)
     logging.info("Process %d of %d", jax.process_index(), jax.process_count())
 
 

@@ -84,3 +84,11 @@ def test_parallel_batch_not_divisible_by_the_device_count_is_one_line_error(tmp_
   assert last == ("error: config.batch_size=100 is not divisible by the 8 devices; use a multiple of 8"), last
   assert "Traceback" not in r.stderr
   assert not os.path.exists(tmp_path / "run")  # Refused before anything was written.
+
+
+def test_parallel_distributed_flag_outside_a_cluster_is_one_line_error(tmp_path):
+  r = run_module(["-m", "fmnist_jax.main", "--config=experiments/base.py", f"--workdir={tmp_path / 'run'}",
+                  "--distributed"], timeout=300)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1].startswith("error: --distributed: jax.distributed.initialize() failed")
+  assert "Traceback" not in r.stderr
