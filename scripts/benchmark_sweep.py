@@ -7,7 +7,7 @@ For each way: XLA compile seconds (jax.monitoring), the first step of each progr
 and seconds per model per step over `--steps` further steps. Vmapped groups of `--vmap_members` share
 one trainer, as in the sweep runner. One run after another builds each run's trainer as the
 sweep runner does (its own compile); `--sequential_seeds` measures only the first few of them, which
-all cost the same. Evaluation is left out: both ways evaluate the same images per model.
+all cost the same. Evaluation (the full test split) is timed once per way, after a warm-up.
 """
 
 import json
@@ -48,11 +48,19 @@ def _vmapped(config, seeds, steps, group_size):
       states, seconds, _ = _timed(lambda: jax.block_until_ready(trainer.run_steps(
           trainer.initial_states([_seeded(config, s) for s in group]), keys, 0, 1)[0]))
     compile_s, first_s = compile_s + compiling[0], first_s + seconds
-    _, seconds, cpu = _timed(lambda: jax.block_until_ready(trainer.run_steps(states, keys, 1, 1 + steps)[0]))
+    states, seconds, cpu = _timed(lambda: jax.block_until_ready(trainer.run_steps(states, keys, 1, 1 + steps)[0]))
     steps_s, steps_cpu = steps_s + seconds, steps_cpu + cpu
+    if not start:
+      eval_s = _eval_seconds(lambda: trainer.evaluate(states)) / len(group)
   return {"models": len(seeds), "group_size": group_size, "data_s": setup_s, "compile_s": compile_s,
           "first_steps_s": first_s, "step_s_per_model": steps_s / steps / len(seeds),
-          "step_cpu_s_per_model": steps_cpu / steps / len(seeds)}
+          "step_cpu_s_per_model": steps_cpu / steps / len(seeds), "eval_s_per_model": eval_s}
+
+
+def _eval_seconds(evaluate):
+  """One full test-split evaluation, after a first one that compiles."""
+  evaluate()
+  return _timed(evaluate)[1]
 
 
 def _sequential(config, seeds, steps):
@@ -63,10 +71,12 @@ def _sequential(config, seeds, steps):
     trainer, setup_s, _ = _timed(lambda seed=seed: train.Trainer(_seeded(config, seed), ""))
     with sweep.compile_seconds() as compiling:
       state, first_s, _ = _timed(lambda: jax.block_until_ready(trainer.run_steps(trainer.initial_state(), 0, 1)[0]))
-    _, steps_s, steps_cpu = _timed(lambda state=state: jax.block_until_ready(trainer.run_steps(state, 1, 1 + steps)[0]))
+    state, steps_s, steps_cpu = _timed(lambda state=state: jax.block_until_ready(trainer.run_steps(state, 1, 1 + steps)[0]))
     per_run.append({"data_s": setup_s, "compile_s": compiling[0], "first_step_s": first_s,
                     "step_s_per_model": steps_s / steps, "step_cpu_s_per_model": steps_cpu / steps})
-  mean = {k: sum(r[k] for r in per_run) / len(per_run) for k in per_run[0]}
+    if not per_run[1:]:
+      per_run[0]["eval_s_per_model"] = _eval_seconds(lambda state=state: trainer.evaluate(state))
+  mean = {k: sum(r[k] for r in per_run if k in r) / sum(k in r for r in per_run) for k in per_run[0]}
   return {"models": len(seeds), "mean_per_run": mean, "runs": per_run}
 
 
