@@ -59,11 +59,14 @@ def load_sweep(path: str) -> List[Dict[str, Any]]:
   try:
     spec.loader.exec_module(module)
   except Exception as e:  # pylint: disable=broad-except  # Any error in the user's file is theirs to fix.
-    raise errors.ConfigError(f"--sweep={path} cannot be loaded ({type(e).__name__}: {e}); fix the file") from e
+    raise errors.ConfigError(f"--sweep={path} cannot be loaded ({_describe(e)}); fix the file") from e
   if not callable(getattr(module, "get_sweep", None)):
     raise errors.ConfigError(f"--sweep={path} has no get_sweep(); define get_sweep() returning a list of "
                              "override dicts")
-  points = module.get_sweep()
+  try:
+    points = module.get_sweep()
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.ConfigError(f"--sweep={path}: get_sweep() failed ({_describe(e)}); fix the file") from e
   if not isinstance(points, (list, tuple)) or not points:
     raise errors.ConfigError(f"--sweep={path}: get_sweep() returned {type(points).__name__} {points!r:.80}; "
                              "return a non-empty list of override dicts")
@@ -72,6 +75,10 @@ def load_sweep(path: str) -> List[Dict[str, Any]]:
       raise errors.ConfigError(f"--sweep={path}: point {i} is {point!r:.80}; each point must be a dict of "
                                "dotted config keys to values")
   return [dict(p) for p in points]
+
+
+def _describe(e: Exception) -> str:
+  return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
 
 
 def _format_value(value) -> str:

@@ -43,6 +43,7 @@ def write_sweep(tmp_path, text, name="sweep_def.py"):
     ("def get_sweep(:\n", "cannot be loaded (SyntaxError"),
     ("import no_such_module_xyz\n", "cannot be loaded (ModuleNotFoundError"),
     ("POINTS = [{}]\n", "has no get_sweep()"),
+    ("def get_sweep():\n  raise KeyError('line one\\nline two')\n", "get_sweep() failed (KeyError: 'line one"),
     ("def get_sweep():\n  return {'seed': 1}\n", "return a non-empty list"),
     ("def get_sweep():\n  return []\n", "return a non-empty list"),
     ("def get_sweep():\n  return [{'seed': 1}, 3]\n", "point 1 is 3"),
