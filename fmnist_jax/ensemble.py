@@ -1,9 +1,10 @@
 """Runs of one config that differ only in seed and optimizer hyperparameters, trained at once.
 
-The members are stacked on a leading model axis and the train and eval programs are `jax.vmap` of
-the single-run ones (`train.train_steps`, `train.evaluate_batches`; the batch stays sharded over
-the `data` mesh axis), so N members cost one compile and one dispatch per step, and member i
-computes what a single run with its seed and hyperparameters computes (tested to allclose). Learning rate and Adam's b1/b2/eps are arrays in the optimizer state
+The members are stacked on a leading model axis; the train program is `jax.vmap` of the single-run
+`train.train_steps` (the batch stays sharded over the `data` mesh axis), evaluation maps
+`train.evaluate_batches` over the members. So N members cost one compile and one dispatch per step,
+and member i computes what a single run with its seed and hyperparameters computes (tested to
+allclose). Learning rate and Adam's b1/b2/eps are arrays in the optimizer state
 (`optax.inject_hyperparams`), so they vary per member inside the same program. Each member keeps
 its own workdir laid out as `train.train_and_evaluate` lays it out (config.json, checkpoints,
 train/ and eval/ event files), so either can resume the other's run.
@@ -76,8 +77,10 @@ class EnsembleTrainer:
         donate_argnums=0)
     self._permutations = jax.jit(
         lambda keys, epoch: jax.vmap(lambda k: input_pipeline.epoch_permutation(k, epoch, t.num_train))(keys))
-    self._evaluate = jax.jit(
-        jax.vmap(functools.partial(train.evaluate_batches, mesh=t.mesh), in_axes=(0, None)))
+    # Evaluation maps over the members one at a time: vmapped, its activations (batches of
+    # eval_batch_size) grew N-fold, 10 GB for 4 base-config members on the CPU.
+    self._evaluate = jax.jit(lambda states, batches: jax.lax.map(
+        lambda state: train.evaluate_batches(state, batches, mesh=t.mesh), states))
 
   def initial_states(self, configs: Sequence):
     """Fresh stacked states, each member with its seed's parameters and its own hyperparameters."""

@@ -13,6 +13,7 @@ from fmnist_jax import ensemble
 from fmnist_jax import train
 from tests.conftest import tiny_config
 
+METRIC_ATOL = 5e-4  # Float rounding may flip a few of the 10,000 test predictions.
 DIVERGING_LR = 1e20  # Adam moves every weight by ~lr on its first step: the next loss is NaN.
 
 
@@ -53,7 +54,7 @@ def test_member_equals_the_single_run_with_its_seed_and_learning_rate(members, t
   assert_params_close(params, single_params)
   assert outcomes[1].error is None
   for name, value in single_metrics.items():
-    assert outcomes[1].metrics[name] == pytest.approx(value, abs=1e-4), name
+    assert outcomes[1].metrics[name] == pytest.approx(value, abs=METRIC_ATOL), name
 
 
 def test_a_diverging_member_stops_alone_and_keeps_its_last_good_checkpoint(members):

@@ -18,6 +18,7 @@ from tests.conftest import run_module
 from tests.conftest import tiny_config
 from tests.test_ensemble import assert_params_close
 from tests.test_ensemble import final_params
+from tests.test_ensemble import METRIC_ATOL
 
 FOUR_POINTS = """
 def get_sweep():
@@ -190,7 +191,7 @@ def test_rerun_skips_finished_points_and_resumes_killed_ones(four_point_sweep, t
   step, params = final_params(point)
   assert step == SWEEP_STEPS
   assert_params_close(params, before)
-  np.testing.assert_allclose(rerun[2]["metrics"]["accuracy"], records[2]["metrics"]["accuracy"], atol=2e-4)
+  np.testing.assert_allclose(rerun[2]["metrics"]["accuracy"], records[2]["metrics"]["accuracy"], atol=METRIC_ATOL)
   with open(os.path.join(workdir, "results.csv")) as f:
     assert len(list(csv.DictReader(f))) == 4
 
