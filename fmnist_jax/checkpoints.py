@@ -132,7 +132,7 @@ class Checkpointer:
         else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local), abstract_params)
     step, restored = self._restore_newest(
         ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)),
-        check=lambda step: self._check_params_shapes(step, abstract_params))
+        check=(lambda step: self._check_params_shapes(step, abstract_params)) if self._read_only else None)
     if step is None:
       raise errors.CheckpointError(f"no checkpoint in {self.directory}; train one with fmnist_jax.main "
                                    "or point --workdir at a trained run")
@@ -140,10 +140,10 @@ class Checkpointer:
 
   def _check_params_shapes(self, step: int, abstract_params) -> None:
     """Rejects a shape mismatch from metadata: Orbax's failed reads leave threads that print
-    tracebacks at exit. Only read-only Checkpointers know the handler that reads the metadata."""
+    tracebacks at exit. Read-only Checkpointers only: they register the handler that reads it."""
     metadata = self._manager.item_metadata(step).get("params")
     if metadata is None:
-      return
+      raise ValueError("the parameters' metadata file (_METADATA) is missing or unreadable")
     stored = {jax.tree_util.keystr(k): tuple(m.shape)
               for k, m in jax.tree_util.tree_leaves_with_path(metadata.tree)}
     wanted = {jax.tree_util.keystr(k): tuple(a.shape)
