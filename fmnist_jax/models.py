@@ -1,9 +1,71 @@
 """The original project's CNN as a pure Flax linen module (no training logic)."""
 
+import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+
+def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, precision=None):
+  """`lax.conv_general_dilated` for NHWC/HWIO, stride 1, as shifted slices + one matmul.
+
+  For fused steps on the CPU: XLA:CPU runs a convolution inside a loop body (lax.fori_loop/map)
+  through a slow generic kernel (jax-ml/jax#12868; measured >30x slower here), a matmul it runs
+  well. Outside loops XLA's own convolution is faster. The kernel keeps its [kh, kw, in, out]
+  shape, so checkpoints are interchangeable. (`lax.conv_general_dilated_patches` is no substitute:
+  it is itself a convolution, with kh*kw*in output channels.)
+  """
+  del dimension_numbers  # flax.linen.Conv passes NHWC/HWIO for 2-D inputs, the only layout used here.
+  if (tuple(window_strides) != (1, 1) or feature_group_count != 1
+      or any(d is not None and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation))):
+    raise NotImplementedError("im2col_conv supports stride 1, no dilation, one group")
+  kh, kw, cin, cout = rhs.shape
+  _, h, w, _ = lhs.shape
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads((h, w), (kh, kw), window_strides, padding)
+  x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+  out_h, out_w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  patches = jnp.concatenate(
+      [x[:, i:i + out_h, j:j + out_w, :] for i in range(kh) for j in range(kw)], axis=-1)
+  return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def reshape_max_pool(x: jnp.ndarray, window: Sequence[int]) -> jnp.ndarray:
+  """`nn.max_pool(x, window, strides=window)` (VALID) as a reshape + max, with the same gradient.
+
+  XLA differentiates max_pool with select_and_scatter, slow on the CPU; here the gradient goes
+  through a mask of each window's first maximum (row-major), which is exactly where
+  select_and_scatter puts it, ties included, so both give bitwise-equal gradients.
+  """
+  return _pool_windows(x, window).max(axis=(2, 4))
+
+
+def _pool_windows(x, window):
+  """[N, H, W, C] → [N, H/ph, ph, W/pw, pw, C], dropping the rows/columns VALID pooling drops."""
+  (ph, pw), (n, h, w, c) = window, x.shape
+  return x[:, :h // ph * ph, :w // pw * pw].reshape(n, h // ph, ph, w // pw, pw, c)
+
+
+def _reshape_max_pool_fwd(x, window):
+  return reshape_max_pool(x, window), x
+
+
+def _reshape_max_pool_bwd(window, x, g):
+  windows = _pool_windows(x, window)
+  is_max = (windows == windows.max(axis=(2, 4), keepdims=True)).astype(jnp.int32)
+  row_counts = is_max.sum(axis=4, keepdims=True)
+  earlier = (jnp.cumsum(row_counts, axis=2) - row_counts) + (jnp.cumsum(is_max, axis=4) - is_max)
+  grads = jnp.where((is_max == 1) & (earlier == 0), g[:, :, None, :, None, :], jnp.zeros((), g.dtype))
+  n, oh, ph, ow, pw, c = grads.shape
+  grads = grads.reshape(n, oh * ph, ow * pw, c)
+  return (jnp.pad(grads, ((0, 0), (0, x.shape[1] - oh * ph), (0, x.shape[2] - ow * pw), (0, 0))),)
+
+
+reshape_max_pool.defvjp(_reshape_max_pool_fwd, _reshape_max_pool_bwd)
 
 
 class CNN(nn.Module):
@@ -16,15 +78,22 @@ class CNN(nn.Module):
   num_classes: int = 10
   activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.elu
   dtype: jnp.dtype = jnp.float32  # Compute dtype; parameters stay float32.
+  conv_impl: str = "xla"  # "xla" or "im2col": same parameters and function, different arithmetic.
+  pool_impl: str = "xla"  # "xla" (nn.max_pool) or "reshape" (reshape_max_pool): same values and gradients.
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """Maps images [N, 28, 28, 1] in [0, 1] to float32 logits [N, num_classes]."""
     x = x.astype(self.dtype)
+    conv = im2col_conv if self.conv_impl == "im2col" else jax.lax.conv_general_dilated
     for features in self.conv_features:
-      x = nn.Conv(features, tuple(self.kernel_size), padding="SAME", dtype=self.dtype)(x)
+      x = nn.Conv(features, tuple(self.kernel_size), padding="SAME", dtype=self.dtype,
+                  conv_general_dilated=conv)(x)
       x = self.activation(x)
-      x = nn.max_pool(x, tuple(self.pool_size), strides=tuple(self.pool_size))
+      if self.pool_impl == "reshape":
+        x = reshape_max_pool(x, tuple(self.pool_size))
+      else:
+        x = nn.max_pool(x, tuple(self.pool_size), strides=tuple(self.pool_size))
     x = x.reshape((x.shape[0], -1))
     x = self.activation(nn.Dense(self.dense_features, dtype=self.dtype)(x))
     x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
@@ -42,4 +111,24 @@ def create_model(config) -> CNN:
       num_classes=m.num_classes,
       activation=getattr(nn, m.activation),
       dtype=jnp.dtype(config.dtype),
+      conv_impl=resolve_conv_impl(config),
+      pool_impl=resolve_pool_impl(config),
   )
+
+
+def resolve_conv_impl(config) -> str:
+  """"auto": im2col for fused steps on the CPU (see im2col_conv), XLA's convolution otherwise."""
+  impl = config.get("conv_impl", "xla")  # Configs saved before the option: XLA's.
+  if impl == "auto":
+    # fuse_steps="auto" means step by step on the CPU (train.resolve_fuse).
+    fused_on_cpu = jax.default_backend() == "cpu" and config.get("fuse_steps") == "on"
+    return "im2col" if fused_on_cpu else "xla"
+  return impl
+
+
+def resolve_pool_impl(config) -> str:
+  """"auto": reshape on the CPU, where select_and_scatter is slow; XLA's max_pool elsewhere (unmeasured)."""
+  impl = config.get("pool_impl", "xla")  # Configs saved before the option: XLA's.
+  if impl == "auto":
+    return "reshape" if jax.default_backend() == "cpu" else "xla"
+  return impl

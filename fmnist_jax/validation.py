@@ -8,6 +8,8 @@ from fmnist_jax import determinism
 from fmnist_jax import errors
 
 DTYPES = ("float32", "bfloat16")
+CONV_IMPLS = ("auto", "xla", "im2col")
+POOL_IMPLS = ("auto", "xla", "reshape")
 FUSE_MODES = ("auto", "on", "off")
 DATA_SOURCES = ("auto", "tfds", "idx")
 TRAIN_EXAMPLES = 60_000  # Size of the Fashion-MNIST training split.
@@ -41,6 +43,10 @@ def validate(config, num_devices: int) -> None:
                              "activation; use e.g. 'elu', 'relu', 'gelu'")
   if config.dtype not in DTYPES:
     raise errors.ConfigError(f"config.dtype={config.dtype!r} must be one of {DTYPES}")
+  if config.conv_impl not in CONV_IMPLS:
+    raise errors.ConfigError(f"config.conv_impl={config.conv_impl!r} must be one of {CONV_IMPLS}")
+  if config.pool_impl not in POOL_IMPLS:
+    raise errors.ConfigError(f"config.pool_impl={config.pool_impl!r} must be one of {POOL_IMPLS}")
   if config.get("deterministic", False) and not determinism.enabled():
     raise errors.ConfigError(f"config.deterministic=True needs XLA_FLAGS={determinism.XLA_FLAG} before jax "
                              "starts: train with fmnist_jax.main, or export XLA_FLAGS yourself")

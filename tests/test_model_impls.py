@@ -1,0 +1,68 @@
+"""The speed options (conv_impl, pool_impl, cpu_ynnpack) change arithmetic, never the model."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmnist_jax import errors
+from fmnist_jax import models
+from fmnist_jax import train
+from fmnist_jax import validation
+from tests.conftest import tiny_config
+
+
+def test_conv_impls_share_parameters_outputs_and_gradients(fmnist):
+  xla = models.create_model(tiny_config(conv_impl="xla"))
+  im2col = models.create_model(tiny_config(conv_impl="im2col"))
+  assert (xla.conv_impl, im2col.conv_impl) == ("xla", "im2col")
+  images = jnp.asarray(fmnist["test"].images[:8], jnp.float32) / 255.0
+  labels = jnp.asarray(fmnist["test"].labels[:8])
+  params = xla.init(jax.random.PRNGKey(0), images[:1])["params"]
+  # Checkpoints are interchangeable: the same parameter tree and shapes.
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+      jnp.shape, jax.eval_shape(im2col.init, jax.random.PRNGKey(0), images[:1])["params"])
+
+  def loss(model, p):
+    logits = model.apply({"params": p}, images)
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(8), labels]), logits
+
+  grad = lambda model: jax.jit(jax.value_and_grad(lambda p: loss(model, p), has_aux=True))
+  (loss_x, logits_x), grads_x = grad(xla)(params)
+  (loss_i, logits_i), grads_i = grad(im2col)(params)
+  # The same float32 products summed in another order: agreement to rounding.
+  np.testing.assert_allclose(logits_i, logits_x, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(loss_i, loss_x, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_i, grads_x)
+
+
+@pytest.mark.parametrize("shape,window", [((3, 28, 28, 4), (2, 2)), ((2, 13, 11, 3), (3, 2))])
+def test_reshape_max_pool_matches_flax_bitwise_ties_included(shape, window):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.integers(0, 2, shape), jnp.float32)  # Every window full of ties.
+  out_shape = (shape[0], shape[1] // window[0], shape[2] // window[1], shape[3])
+  g = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
+  pooled = lambda f: jax.jit(jax.value_and_grad(lambda x: jnp.vdot(f(x), g)))(x)
+  value, grad = pooled(lambda x: models.reshape_max_pool(x, window))
+  ref_value, ref_grad = pooled(lambda x: nn.max_pool(x, window, strides=window))
+  np.testing.assert_array_equal(value, ref_value)
+  np.testing.assert_array_equal(grad, ref_grad)  # Each window's first maximum gets the gradient.
+
+
+def test_auto_choices_and_unknown_names():
+  cpu = jax.default_backend() == "cpu"
+  assert models.resolve_conv_impl(tiny_config(fuse_steps="auto")) == "xla"
+  assert models.resolve_conv_impl(tiny_config(fuse_steps="on")) == ("im2col" if cpu else "xla")
+  assert models.resolve_pool_impl(tiny_config()) == ("reshape" if cpu else "xla")
+  for field in ("conv_impl", "pool_impl"):
+    with pytest.raises(errors.ConfigError, match=field):
+      validation.validate(tiny_config(**{field: "fft"}), 1)
+
+
+def test_cpu_ynnpack_false_compiles_without_ynnpack():
+  x = jnp.ones((4, 64))
+  compiled = lambda config: jax.jit(lambda a: a @ a.T, compiler_options=train.compiler_options(
+      config)).lower(x).compile().as_text()
+  assert "__ynn_fusion" not in compiled(tiny_config(cpu_ynnpack=False))
+  assert train.compiler_options(tiny_config(cpu_ynnpack=True)) is None  # jaxlib's own choice.
