@@ -65,13 +65,20 @@ class Recall(ConfusionMatrix):
 
 @flax.struct.dataclass
 class AllFinite(metrics.Metric):
-  """Whether every loss seen was finite: the NaN guard's signal, kept on the device."""
+  """Whether every loss and gradient norm seen was finite: the NaN guard's signal, kept on the device.
+
+  Gradients count too: an overflowing update can poison the parameters while the loss still looks fine.
+  """
 
   value: jnp.ndarray
 
   @classmethod
-  def from_model_output(cls, *, loss: jnp.ndarray, **_) -> "AllFinite":
-    return cls(value=jnp.all(jnp.isfinite(loss)))
+  def from_model_output(cls, *, loss: jnp.ndarray, grad_norm: Optional[jnp.ndarray] = None,
+                        **_) -> "AllFinite":
+    finite = jnp.all(jnp.isfinite(loss))
+    if grad_norm is not None:
+      finite = jnp.logical_and(finite, jnp.isfinite(grad_norm))
+    return cls(value=finite)
 
   def merge(self, other: "AllFinite") -> "AllFinite":
     return type(self)(value=jnp.logical_and(self.value, other.value))

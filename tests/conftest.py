@@ -60,7 +60,7 @@ def tiny_config(**overrides):
   config.log_every_steps = 10
   config.eval_every_steps = 10
   config.checkpoint_every_steps = 10
-  config.data.source = "idx"  # No TensorFlow import: fast.
+  config.data.source = "idx"  # No TFDS preparation; subprocesses skip TensorFlow via tests/no_tensorflow.
   config.data.idx_dirs = (DEBIAN_DIR,)
   for key, value in overrides.items():
     node = config

@@ -108,3 +108,14 @@ def test_workdir_of_another_model_is_refused(tmp_path):
   train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
   with pytest.raises(errors.CheckpointError, match="model.dense_features=32"):
     train.train_and_evaluate(tiny_config(**{"model.dense_features": 64}), workdir)
+
+
+def test_resume_takes_the_configs_learning_rate(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  _, before = final_params(workdir)
+  train.train_and_evaluate(tiny_config(num_train_steps=20, learning_rate=0.0), workdir)
+  step, after = final_params(workdir)
+  assert step == 20
+  for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(x, y)  # Adam with step size 0 leaves the parameters alone.
