@@ -49,6 +49,14 @@ def create_train_state(config, rng: jax.Array) -> TrainState:
   return TrainState.create(apply_fn=model.apply, params=params, tx=create_optimizer(config))
 
 
+def with_config_hyperparams(state: TrainState, config) -> TrainState:
+  """inject_hyperparams keeps Adam's hyperparameters in the state: a resumed run takes the config's."""
+  hyperparams = {name: jax.device_put(jnp.asarray(config[name], value.dtype), value.sharding)
+                 if name in config else value
+                 for name, value in state.opt_state.hyperparams.items()}
+  return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+
+
 def train_step(state: TrainState, batch) -> tuple:
   """One Adam step on a batch {'image': float [B,28,28,1], 'label': int32 [B]} → (state, metrics)."""
 
@@ -60,7 +68,7 @@ def train_step(state: TrainState, batch) -> tuple:
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads)
   return state, metrics_lib.TrainMetrics.single_from_model_output(
-      loss=loss, logits=logits, labels=batch["label"])
+      loss=loss, logits=logits, labels=batch["label"], grad_norm=optax.tree.norm(grads))
 
 
 def eval_step(state: TrainState, batch) -> metrics_lib.EvalMetrics:
@@ -185,6 +193,7 @@ class Trainer:
     self.test_batches = parallel.put_replicated(
         self.mesh, input_pipeline.padded_batches(data["test"], config.eval_batch_size))
     self.fused = resolve_fuse(config)
+    self._perm = (None, None)  # (epoch, its permutation): computed once per epoch.
     self.init_key, self.shuffle_key = derive_keys(config.seed)
     mesh, batch_size = self.mesh, config.batch_size
     jit = functools.partial(jax.jit, compiler_options=compiler_options(config))
@@ -216,7 +225,9 @@ class Trainer:
   def run_steps(self, state, step: int, end: int):
     """Trains steps [step, end) (within one epoch) and returns (state, accumulated metrics)."""
     epoch, index = divmod(step, self.steps_per_epoch)
-    perm = self._permutation(self.shuffle_key, epoch, self.num_train)
+    if self._perm[0] != epoch:
+      self._perm = (epoch, self._permutation(self.shuffle_key, epoch, self.num_train))
+    perm = self._perm[1]
     if self.fused:
       return self._train_steps(state, self.train_images, self.train_labels, perm, index, end - step)
     acc = None
@@ -253,6 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       train_writer.write_hparams(writers.flatten_hparams(config))
     else:
       logging.info("Resuming from step %d", restored_step)
+      state = with_config_hyperparams(state, config)
     if is_chief:
       save_config(config, workdir)
     return _loop(config, trainer, state, ckpt, train_writer, eval_writer)
@@ -279,7 +291,8 @@ def _loop(config, trainer: Trainer, state, ckpt, train_writer, eval_writer) -> D
   final = None
   with preemption.stop_on_signals() as stop:
     while step < num_steps:
-      end = next_boundary(step, num_steps, trainer.steps_per_epoch, config)
+      # Step by step, one step per iteration, so a signal stops training after the current step.
+      end = next_boundary(step, num_steps, trainer.steps_per_epoch, config) if trainer.fused else step + 1
       state, chunk = trainer.run_steps(state, step, end)
       acc = chunk if acc is None else acc.merge(chunk)
       step = end
@@ -316,8 +329,8 @@ def _check_finite(config, acc, window_start: int, step: int, last_saved, ckpt) -
   if config.halt_on_nan and not bool(jax.device_get(acc.all_finite.compute())):
     where = f"step {last_saved} in {ckpt.directory} (kept)" if last_saved is not None else "none yet"
     raise errors.NonFiniteLossError(
-        f"loss became NaN/Inf between steps {window_start} and {step}; last good checkpoint: {where}. "
-        "Lower learning_rate, or set halt_on_nan=False to continue anyway")
+        f"loss or gradients became NaN/Inf between steps {window_start} and {step}; last good checkpoint: "
+        f"{where}. Lower learning_rate, or set halt_on_nan=False to continue anyway")
 
 
 def _fmt(values: Dict[str, Any]) -> str:
