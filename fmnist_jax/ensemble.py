@@ -68,18 +68,19 @@ class EnsembleTrainer:
     self.single = train.Trainer(config, workdir="")  # Data, mesh, schedule and fusing, as a single run has them.
     t = self.single
     replicated = parallel.replicated(t.mesh)
+    jit = functools.partial(jax.jit, compiler_options=train.compiler_options(config))  # As train.Trainer.
     # Members are initialized one by one: the vmapped init compiled 2x slower than the single one.
-    self._init = jax.jit(functools.partial(train.create_train_state, config), out_shardings=replicated)
-    self._stack = jax.jit(_stack, out_shardings=replicated)
-    self._train_steps = jax.jit(
+    self._init = jit(functools.partial(train.create_train_state, config), out_shardings=replicated)
+    self._stack = jit(_stack, out_shardings=replicated)
+    self._train_steps = jit(
         jax.vmap(functools.partial(train.train_steps, batch_size=config.batch_size, mesh=t.mesh),
                  in_axes=(0, None, None, 0, None, None)),
         donate_argnums=0)
-    self._permutations = jax.jit(
+    self._permutations = jit(
         lambda keys, epoch: jax.vmap(lambda k: input_pipeline.epoch_permutation(k, epoch, t.num_train))(keys))
     # Evaluation maps over the members one at a time: vmapped, its activations (batches of
     # eval_batch_size) grew N-fold, 10 GB for 4 base-config members on the CPU.
-    self._evaluate = jax.jit(lambda states, batches: jax.lax.map(
+    self._evaluate = jit(lambda states, batches: jax.lax.map(
         lambda state: train.evaluate_batches(state, batches, mesh=t.mesh), states))
 
   def initial_states(self, configs: Sequence):
