@@ -162,7 +162,7 @@ def test_learning_rates_and_seeds_share_one_compiled_train_program(four_point_sw
   # The second group (the other learning rate) reuses the first group's programs.
   names = four_point_sweep[3]
   assert sum("train_steps" in n for n in names) == 1, names
-  assert sum("evaluate_batches" in n for n in names) == 1, names
+  assert sum("_evaluate_members" in n for n in names) == 1, names
 
 
 def test_rerun_skips_finished_points_and_resumes_killed_ones(four_point_sweep, tmp_path, caplog):
