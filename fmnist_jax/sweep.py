@@ -274,7 +274,7 @@ def run_sweep(base: ml_collections.ConfigDict, sweep_path: str, workdir: str,
     if is_chief:
       write_results(workdir, _finished_records(points))
   records = _finished_records(points)
-  if is_chief:
+  if is_chief and records:
     write_results(workdir, records)
   return records
 
