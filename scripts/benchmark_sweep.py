@@ -7,7 +7,8 @@ For each way: XLA compile seconds (jax.monitoring), the first step of each progr
 and seconds per model per step over `--steps` further steps. Vmapped groups of `--vmap_members` share
 one trainer, as in the sweep runner. One run after another builds each run's trainer as the
 sweep runner does (its own compile); `--sequential_seeds` measures only the first few of them, which
-all cost the same. Evaluation (the full test split) is timed once per way, after a warm-up.
+all cost the same. Evaluation (the full test split) is timed once per way, after a warm-up. With
+`--config.compilation_cache_dir` (the sweep CLI's default), later runs load their programs.
 """
 
 import json
@@ -91,6 +92,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
   import jax  # pylint: disable=g-import-not-at-top
   config, steps = FLAGS.config, FLAGS.steps
+  if config.compilation_cache_dir:  # As train.prepare does for every run of a sweep.
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(config.compilation_cache_dir))
   seeds = list(range(FLAGS.num_seeds))
   load_before = os.getloadavg()
   result = {"backend": jax.default_backend(), "devices": jax.device_count(), "steps": steps,
