@@ -21,7 +21,6 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from fmnist_jax import checkpoints
 from fmnist_jax import errors
@@ -85,18 +84,15 @@ class EnsembleTrainer:
     self._permutations = jit(
         lambda keys, epoch: jax.vmap(lambda k: input_pipeline.epoch_permutation(k, epoch, t.num_train))(keys))
     self._evaluate = jit(functools.partial(_evaluate_members, mesh=t.mesh))
+    self._perms = (None, None, None)  # (epoch, shuffle keys [N], their permutations [N, num_train]).
 
   def initial_states(self, configs: Sequence):
     """Fresh stacked states, each member with its seed's parameters and its own hyperparameters."""
-    states = []
-    for c in configs:
-      state = self._init(train.derive_keys(c.seed)[0])
-      hparams = {name: np.float32(c[name]) for name in OPTIMIZER_HPARAMS}
-      states.append(state.replace(opt_state=optax.tree_utils.tree_set(state.opt_state, **hparams)))
-    return self.stack(states)
+    return self.stack([self._init(train.derive_keys(c.seed)[0]) for c in configs], configs)
 
-  def stack(self, states: Sequence):
-    return self._stack(*states)
+  def stack(self, states: Sequence, configs: Sequence):
+    """Member states (fresh or restored) stacked, each with its config's hyperparameters."""
+    return self._stack(*[train.with_config_hyperparams(s, c) for s, c in zip(states, configs)])
 
   def evaluate(self, states) -> List[Dict[str, float]]:
     batches = self.single.test_batches
@@ -113,14 +109,11 @@ class EnsembleTrainer:
     """Trains every member through steps [step, end) of one epoch; returns (states, metrics)."""
     t = self.single
     epoch, index = divmod(step, t.steps_per_epoch)
-    perms = self._permutations(shuffle_keys, epoch)
-    if t.fused:
-      return self._train_steps(states, t.train_images, t.train_labels, perms, index, end - step)
-    acc = None
-    for i in range(index, index + end - step):
-      states, m = self._train_steps(states, t.train_images, t.train_labels, perms, i, 1)
-      acc = m if acc is None else acc.merge(m)
-    return states, acc
+    if self._perms[0] != epoch or self._perms[1] is not shuffle_keys:
+      self._perms = (epoch, shuffle_keys, self._permutations(shuffle_keys, epoch))
+    perms = self._perms[2]
+    return train.run_chunk(self._train_steps, states, t.train_images, t.train_labels, perms, index,
+                           end - step, t.fused)
 
 
 def _member_scalars(collection) -> List[Dict[str, float]]:
@@ -163,7 +156,7 @@ def train_and_evaluate_many(configs: Sequence, workdirs: Sequence[str],
           run_writers[i].train.write_hparams(writers.flatten_hparams(configs[i]))
       else:
         logging.info("%d member(s) resume from step %d", len(members), step)
-        states = trainer.stack([restored[i][1] for i in members])
+        states = trainer.stack([restored[i][1] for i in members], [configs[i] for i in members])
       if is_chief:
         for i in members:
           train.save_config(configs[i], workdirs[i])
@@ -223,7 +216,8 @@ class _Group:
     final = None
     with preemption.stop_on_signals() as stop:
       while step < num_steps:
-        end = train.next_boundary(step, num_steps, t.steps_per_epoch, config)
+        # Step by step, one step per iteration (as train._loop), so a signal stops after the current step.
+        end = train.next_boundary(step, num_steps, t.steps_per_epoch, config) if t.fused else step + 1
         states, chunk = trainer.run_steps(states, shuffle_keys, step, end)
         acc = chunk if acc is None else acc.merge(chunk)
         step = end
@@ -262,13 +256,14 @@ class _Group:
     return [Outcome(final[i], self.errors.get(i)) for i in range(len(self.configs))]
 
   def _check_finite(self, acc, window_start: int, step: int) -> None:
-    """Members whose loss turned NaN/Inf stop being saved and logged (as a single run would stop)."""
+    """Members whose loss or gradients turned NaN/Inf stop being saved and logged (a single run stops)."""
     finite = np.asarray(jax.device_get(acc.all_finite.compute()))
     for i in self._live():
       if self.configs[i].halt_on_nan and not finite[i]:
         where = (f"step {self.last_saved[i]} in {self.ckpts[i].directory} (kept)"
                  if self.last_saved[i] is not None else "none yet")
-        self.errors[i] = (f"loss became NaN/Inf between steps {window_start} and {step}; last good "
-                          f"checkpoint: {where}. Lower learning_rate, or set halt_on_nan=False to continue anyway")
+        self.errors[i] = (f"loss or gradients became NaN/Inf between steps {window_start} and {step}; last "
+                          f"good checkpoint: {where}. Lower learning_rate, or set halt_on_nan=False to continue "
+                          "anyway")
         logging.warning("member seed=%d learning_rate=%g: %s", self.configs[i].seed,
                         self.configs[i].learning_rate, self.errors[i])

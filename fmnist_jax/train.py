@@ -227,14 +227,19 @@ class Trainer:
     epoch, index = divmod(step, self.steps_per_epoch)
     if self._perm[0] != epoch:
       self._perm = (epoch, self._permutation(self.shuffle_key, epoch, self.num_train))
-    perm = self._perm[1]
-    if self.fused:
-      return self._train_steps(state, self.train_images, self.train_labels, perm, index, end - step)
-    acc = None
-    for i in range(index, index + end - step):
-      state, m = self._train_steps(state, self.train_images, self.train_labels, perm, i, 1)
-      acc = m if acc is None else acc.merge(m)
-    return state, acc
+    return run_chunk(self._train_steps, state, self.train_images, self.train_labels, self._perm[1], index,
+                     end - step, self.fused)
+
+
+def run_chunk(program, state, images, labels, perm, index: int, num_steps: int, fused: bool):
+  """`num_steps` steps from batch `index`: one call of `program` when fused, else one call per step."""
+  if fused:
+    return program(state, images, labels, perm, index, num_steps)
+  acc = None
+  for i in range(index, index + num_steps):
+    state, m = program(state, images, labels, perm, i, 1)
+    acc = m if acc is None else acc.merge(m)
+  return state, acc
 
 
 def prepare(config, workdir: str) -> str:
