@@ -1,9 +1,10 @@
 """Training speed of the real training path (`train.Trainer`), optionally beside PyTorch in one run.
 
-Steps run in the same windows as the training loop (between log/eval/checkpoint points), after one
-warm-up step that compiles the program. The step time is the median over windows, which a shared
-machine's other jobs disturb less than a mean. With a comparison, JAX and PyTorch windows alternate,
-from the same initial parameters on the same batches, so both see the same load and do the same work.
+Steps run in the same calls as the training loop (fused: the steps between two log/eval/checkpoint
+points; step by step: one step), after one warm-up step that compiles the program. The step time is
+the median over those calls, which a shared machine's other jobs disturb less than a mean. With a
+comparison, JAX and PyTorch calls alternate, from the same initial parameters on the same batches,
+so both see the same load and do the same work.
 """
 
 import resource
@@ -26,8 +27,13 @@ from fmnist_jax import validation
 COMPARE = ("torch",)
 
 
-def timed_windows(config, steps_per_epoch: int, num_steps: int) -> List[Tuple[int, int]]:
-  """The training loop's [begin, end) windows over steps 1..num_steps (step 0 is the warm-up)."""
+def timed_windows(config, steps_per_epoch: int, num_steps: int, fused: bool) -> List[Tuple[int, int]]:
+  """The training loop's [begin, end) calls over steps 1..num_steps (step 0 is the warm-up).
+
+  Fused: the steps between two log/eval/checkpoint points; step by step: one step each.
+  """
+  if not fused:
+    return [(step, step + 1) for step in range(1, num_steps + 1)]
   windows, step = [], 1
   while step <= num_steps:
     end = train.next_boundary(step, num_steps + 1, steps_per_epoch, config)
@@ -56,6 +62,19 @@ def _torch_trainer(config, trainer: train.Trainer, init_params, allow_tf32: bool
   return torch_reference.TorchTrainer(config, images, labels, init_params, allow_tf32)
 
 
+def describe(config, trainer: train.Trainer) -> Dict:
+  """What was measured: platform, versions and the resolved speed options."""
+  model = models.create_model(config)
+  return {
+      "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+      "num_devices": jax.device_count(), "jax_version": jax.__version__,
+      "batch_size": config.batch_size, "dtype": config.dtype, "fused": trainer.fused,
+      "conv_impl": model.conv_impl, "pool_impl": model.pool_impl,
+      "xla_options": train.compiler_options(config),
+      "matmul_precision": jax.config.jax_default_matmul_precision or "default",
+  }
+
+
 def run(config, steps: Optional[int] = None, compare: Optional[str] = None) -> Dict:
   """Benchmarks `steps` timed training steps (default: one epoch) and returns the results."""
   validation.validate(config, jax.device_count())
@@ -66,14 +85,7 @@ def run(config, steps: Optional[int] = None, compare: Optional[str] = None) -> D
   with tempfile.TemporaryDirectory() as workdir:  # The trainer writes nothing; it only needs a name.
     trainer = train.Trainer(config, workdir)
   steps = steps or trainer.steps_per_epoch
-  precision = jax.config.jax_default_matmul_precision or "default"
-  model = models.create_model(config)
-  result = {
-      "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-      "num_devices": jax.device_count(), "jax_version": jax.__version__,
-      "batch_size": config.batch_size, "dtype": config.dtype, "conv_impl": model.conv_impl,
-      "pool_impl": model.pool_impl, "xla_options": train.compiler_options(config), "fused": trainer.fused, "matmul_precision": precision, "steps": steps,
-  }
+  result = {**describe(config, trainer), "steps": steps}
   state = trainer.initial_state()
   init_params = jax.device_get(state.params)  # The warm-up step donates the state's buffers.
   start = time.perf_counter()
@@ -84,11 +96,11 @@ def run(config, steps: Optional[int] = None, compare: Optional[str] = None) -> D
   reference = None
   if compare == "torch":
     reference = _torch_trainer(config, trainer, init_params,
-                               allow_tf32=precision not in ("highest", "float32"))
+                               allow_tf32=result["matmul_precision"] not in ("highest", "float32"))
     perm = np.asarray(input_pipeline.epoch_permutation(trainer.shuffle_key, 0, trainer.num_train))
     reference.run_steps(perm, 0, 1)
   jax_times, torch_times, perms = [], [], {}
-  for begin, end in timed_windows(config, trainer.steps_per_epoch, steps):
+  for begin, end in timed_windows(config, trainer.steps_per_epoch, steps, trainer.fused):
     start = time.perf_counter()
     state, acc = jax.block_until_ready(trainer.run_steps(state, begin, end))
     jax_times.append((end - begin, time.perf_counter() - start))

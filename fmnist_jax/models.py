@@ -35,19 +35,19 @@ def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def reshape_max_pool(x: jnp.ndarray, window: Sequence[int]) -> jnp.ndarray:
-  """`nn.max_pool(x, window, strides=window)` (VALID) as a reshape + max, with the same gradient.
+  """`nn.max_pool(x, window, strides=window)` (VALID) as a max of strided slices, same gradient.
 
-  XLA differentiates max_pool with select_and_scatter, slow on the CPU; here the gradient goes
-  through a mask of each window's first maximum (row-major), which is exactly where
-  select_and_scatter puts it, ties included, so both give bitwise-equal gradients.
+  XLA differentiates max_pool with select_and_scatter, slow on the CPU. Here each window's
+  gradient goes to its first maximum in row-major order, exactly where select_and_scatter puts
+  it, ties included, so both give bitwise-equal gradients; every operation is elementwise.
   """
-  return _pool_windows(x, window).max(axis=(2, 4))
+  return functools.reduce(jnp.maximum, _window_offsets(x, window))
 
 
-def _pool_windows(x, window):
-  """[N, H, W, C] → [N, H/ph, ph, W/pw, pw, C], dropping the rows/columns VALID pooling drops."""
-  (ph, pw), (n, h, w, c) = window, x.shape
-  return x[:, :h // ph * ph, :w // pw * pw].reshape(n, h // ph, ph, w // pw, pw, c)
+def _window_offsets(x, window):
+  """The ph*pw strided slices [N, H/ph, W/pw, C] of x, one per window offset, row-major."""
+  (ph, pw), (_, h, w, _) = window, x.shape
+  return [x[:, i:h // ph * ph:ph, j:w // pw * pw:pw] for i in range(ph) for j in range(pw)]
 
 
 def _reshape_max_pool_fwd(x, window):
@@ -55,12 +55,16 @@ def _reshape_max_pool_fwd(x, window):
 
 
 def _reshape_max_pool_bwd(window, x, g):
-  windows = _pool_windows(x, window)
-  is_max = (windows == windows.max(axis=(2, 4), keepdims=True)).astype(jnp.int32)
-  row_counts = is_max.sum(axis=4, keepdims=True)
-  earlier = (jnp.cumsum(row_counts, axis=2) - row_counts) + (jnp.cumsum(is_max, axis=4) - is_max)
-  grads = jnp.where((is_max == 1) & (earlier == 0), g[:, :, None, :, None, :], jnp.zeros((), g.dtype))
-  n, oh, ph, ow, pw, c = grads.shape
+  offsets = _window_offsets(x, window)
+  pooled = functools.reduce(jnp.maximum, offsets)
+  taken = jnp.zeros(pooled.shape, bool)
+  grads = []
+  for xs in offsets:  # The first maximum of each window takes the gradient.
+    first = (xs == pooled) & ~taken
+    taken = taken | first
+    grads.append(jnp.where(first, g, jnp.zeros((), g.dtype)))
+  (ph, pw), (n, oh, ow, c) = window, g.shape
+  grads = jnp.stack(grads).reshape(ph, pw, n, oh, ow, c).transpose(2, 3, 0, 4, 1, 5)
   grads = grads.reshape(n, oh * ph, ow * pw, c)
   return (jnp.pad(grads, ((0, 0), (0, x.shape[1] - oh * ph), (0, x.shape[2] - ow * pw), (0, 0))),)
 

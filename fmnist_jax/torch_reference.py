@@ -76,12 +76,15 @@ class TorchTrainer:
     self.model = TorchCNN(config, images.shape[1:])
     self.model.load_flax_params(params)
     self.model.to(self.device)
+    self._perm = (None, None)  # (host permutation, its device copy): copied once per epoch.
     self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
                                       betas=(config.b1, config.b2), eps=config.eps)
 
   def run_steps(self, perm: np.ndarray, start_index: int, num_steps: int) -> float:
     """Trains batches [start_index, start_index + num_steps) of `perm`; returns their mean loss."""
-    perm = torch.from_numpy(np.asarray(perm, np.int64)).to(self.device)
+    if self._perm[0] is not perm:
+      self._perm = (perm, torch.from_numpy(np.asarray(perm, np.int64)).to(self.device))
+    perm = self._perm[1]
     total = torch.zeros((), device=self.device)
     for index in range(start_index, start_index + num_steps):
       idx = perm[index * self.batch_size:(index + 1) * self.batch_size]

@@ -27,7 +27,7 @@ def test_cli_prints_one_json_line_of_sane_numbers():
   assert len(lines) == 1, proc.stdout
   r = json.loads(lines[0])
   assert r["backend"] == "cpu" and r["batch_size"] == 100 and r["steps"] == 12
-  assert r["windows"] == 2  # Steps 1..12 split at the eval point 10: [1, 10), [10, 13).
+  assert r["windows"] == 12  # Step by step on the CPU: one call per step.
   assert r["ms_per_step_range"][0] <= r["ms_per_step"] <= r["ms_per_step_range"][1]
   assert r["images_per_s"] == pytest.approx(100 / r["ms_per_step"] * 1e3, rel=1e-3)
   assert r["epoch_s"] == pytest.approx(600 * r["ms_per_step"] / 1e3, rel=1e-3)  # 60000 / 100 steps.
@@ -45,8 +45,9 @@ def test_cli_rejects_bad_steps_in_one_line():
 
 def test_windows_follow_the_training_loop():
   config = tiny_config(log_every_steps=10, eval_every_steps=4, checkpoint_every_steps=100)
-  windows = benchmark.timed_windows(config, steps_per_epoch=6, num_steps=13)
+  windows = benchmark.timed_windows(config, steps_per_epoch=6, num_steps=13, fused=True)
   assert windows == [(1, 4), (4, 6), (6, 8), (8, 10), (10, 12), (12, 14)]
+  assert benchmark.timed_windows(config, 6, 3, fused=False) == [(1, 2), (2, 3), (3, 4)]
 
 
 def test_torch_reference_trains_the_same_model_on_the_same_batches():
