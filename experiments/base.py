@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.activation = "elu"  # Nonlinearity after each conv and the dense layer (any flax.linen activation name).
   config.dtype = "float32"  # Compute dtype ("float32" or "bfloat16"); parameters and Adam state stay float32.
   config.conv_impl = "auto"  # Convolution arithmetic, same parameters: "xla" (lax.conv), "im2col" (slices + matmul), "auto" (im2col only for fused steps on CPU).
-  config.pool_impl = "auto"  # Max-pool arithmetic, same values and gradients: "xla" (select_and_scatter), "reshape" (reshape + first-max mask), "auto" (reshape on CPU).
+  config.pool_impl = "auto"  # Max-pool arithmetic, same values and gradients: "xla" (select_and_scatter), "slices" (max of strided slices, first-max gradient), "auto" (slices on CPU).
 
   # --- Optimizer (Adam) ------------------------------------------------------
   config.learning_rate = 0.001  # Adam step size.

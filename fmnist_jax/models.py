@@ -34,7 +34,7 @@ def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def reshape_max_pool(x: jnp.ndarray, window: Sequence[int]) -> jnp.ndarray:
+def strided_max_pool(x: jnp.ndarray, window: Sequence[int]) -> jnp.ndarray:
   """`nn.max_pool(x, window, strides=window)` (VALID) as a max of strided slices, same gradient.
 
   XLA differentiates max_pool with select_and_scatter, slow on the CPU. Here each window's
@@ -50,11 +50,11 @@ def _window_offsets(x, window):
   return [x[:, i:h // ph * ph:ph, j:w // pw * pw:pw] for i in range(ph) for j in range(pw)]
 
 
-def _reshape_max_pool_fwd(x, window):
-  return reshape_max_pool(x, window), x
+def _strided_max_pool_fwd(x, window):
+  return strided_max_pool(x, window), x
 
 
-def _reshape_max_pool_bwd(window, x, g):
+def _strided_max_pool_bwd(window, x, g):
   offsets = _window_offsets(x, window)
   pooled = functools.reduce(jnp.maximum, offsets)
   taken = jnp.zeros(pooled.shape, bool)
@@ -69,7 +69,7 @@ def _reshape_max_pool_bwd(window, x, g):
   return (jnp.pad(grads, ((0, 0), (0, x.shape[1] - oh * ph), (0, x.shape[2] - ow * pw), (0, 0))),)
 
 
-reshape_max_pool.defvjp(_reshape_max_pool_fwd, _reshape_max_pool_bwd)
+strided_max_pool.defvjp(_strided_max_pool_fwd, _strided_max_pool_bwd)
 
 
 class CNN(nn.Module):
@@ -83,7 +83,7 @@ class CNN(nn.Module):
   activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.elu
   dtype: jnp.dtype = jnp.float32  # Compute dtype; parameters stay float32.
   conv_impl: str = "xla"  # "xla" or "im2col": same parameters and function, different arithmetic.
-  pool_impl: str = "xla"  # "xla" (nn.max_pool) or "reshape" (reshape_max_pool): same values and gradients.
+  pool_impl: str = "xla"  # "xla" (nn.max_pool) or "slices" (strided_max_pool): same values and gradients.
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -94,8 +94,8 @@ class CNN(nn.Module):
       x = nn.Conv(features, tuple(self.kernel_size), padding="SAME", dtype=self.dtype,
                   conv_general_dilated=conv)(x)
       x = self.activation(x)
-      if self.pool_impl == "reshape":
-        x = reshape_max_pool(x, tuple(self.pool_size))
+      if self.pool_impl == "slices":
+        x = strided_max_pool(x, tuple(self.pool_size))
       else:
         x = nn.max_pool(x, tuple(self.pool_size), strides=tuple(self.pool_size))
     x = x.reshape((x.shape[0], -1))
@@ -131,8 +131,8 @@ def resolve_conv_impl(config) -> str:
 
 
 def resolve_pool_impl(config) -> str:
-  """"auto": reshape on the CPU, where select_and_scatter is slow; XLA's max_pool elsewhere (unmeasured)."""
+  """"auto": slices on the CPU, where select_and_scatter is slow; XLA's max_pool elsewhere (unmeasured)."""
   impl = config.get("pool_impl", "xla")  # Configs saved before the option: XLA's.
   if impl == "auto":
-    return "reshape" if jax.default_backend() == "cpu" else "xla"
+    return "slices" if jax.default_backend() == "cpu" else "xla"
   return impl

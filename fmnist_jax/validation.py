@@ -9,7 +9,7 @@ from fmnist_jax import errors
 
 DTYPES = ("float32", "bfloat16")
 CONV_IMPLS = ("auto", "xla", "im2col")
-POOL_IMPLS = ("auto", "xla", "reshape")
+POOL_IMPLS = ("auto", "xla", "slices")
 FUSE_MODES = ("auto", "on", "off")
 DATA_SOURCES = ("auto", "tfds", "idx")
 TRAIN_EXAMPLES = 60_000  # Size of the Fashion-MNIST training split.

@@ -38,13 +38,13 @@ def test_conv_impls_share_parameters_outputs_and_gradients(fmnist):
 
 
 @pytest.mark.parametrize("shape,window", [((3, 28, 28, 4), (2, 2)), ((2, 13, 11, 3), (3, 2))])
-def test_reshape_max_pool_matches_flax_bitwise_ties_included(shape, window):
+def test_strided_max_pool_matches_flax_bitwise_ties_included(shape, window):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.integers(0, 2, shape), jnp.float32)  # Every window full of ties.
   out_shape = (shape[0], shape[1] // window[0], shape[2] // window[1], shape[3])
   g = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
   pooled = lambda f: jax.jit(jax.value_and_grad(lambda x: jnp.vdot(f(x), g)))(x)
-  value, grad = pooled(lambda x: models.reshape_max_pool(x, window))
+  value, grad = pooled(lambda x: models.strided_max_pool(x, window))
   ref_value, ref_grad = pooled(lambda x: nn.max_pool(x, window, strides=window))
   np.testing.assert_array_equal(value, ref_value)
   np.testing.assert_array_equal(grad, ref_grad)  # Each window's first maximum gets the gradient.
@@ -54,7 +54,7 @@ def test_auto_choices_and_unknown_names():
   cpu = jax.default_backend() == "cpu"
   assert models.resolve_conv_impl(tiny_config(fuse_steps="auto")) == "xla"
   assert models.resolve_conv_impl(tiny_config(fuse_steps="on")) == ("im2col" if cpu else "xla")
-  assert models.resolve_pool_impl(tiny_config()) == ("reshape" if cpu else "xla")
+  assert models.resolve_pool_impl(tiny_config()) == ("slices" if cpu else "xla")
   for field in ("conv_impl", "pool_impl"):
     with pytest.raises(errors.ConfigError, match=field):
       validation.validate(tiny_config(**{field: "fft"}), 1)
