@@ -122,17 +122,17 @@ def create_model(config) -> CNN:
 
 def resolve_conv_impl(config) -> str:
   """"auto": im2col for fused steps on the CPU (see im2col_conv), XLA's convolution otherwise."""
-  impl = config.get("conv_impl", "xla")  # Configs saved before the option: XLA's.
+  impl = config.conv_impl
   if impl == "auto":
     # fuse_steps="auto" means step by step on the CPU (train.resolve_fuse).
-    fused_on_cpu = jax.default_backend() == "cpu" and config.get("fuse_steps") == "on"
+    fused_on_cpu = jax.default_backend() == "cpu" and config.fuse_steps == "on"
     return "im2col" if fused_on_cpu else "xla"
   return impl
 
 
 def resolve_pool_impl(config) -> str:
   """"auto": slices on the CPU, where select_and_scatter is slow; XLA's max_pool elsewhere (unmeasured)."""
-  impl = config.get("pool_impl", "xla")  # Configs saved before the option: XLA's.
+  impl = config.pool_impl
   if impl == "auto":
     return "slices" if jax.default_backend() == "cpu" else "xla"
   return impl

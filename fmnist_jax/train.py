@@ -1,6 +1,7 @@
 """Training state, pure train/eval steps, and the resumable train-and-evaluate loop."""
 
 import functools
+import importlib.util
 import json
 import os
 import time
@@ -120,7 +121,7 @@ def num_train_steps(config, num_train_examples: int) -> int:
 
 def compiler_options(config) -> Optional[Dict[str, str]]:
   """XLA options for the compiled programs: `cpu_ynnpack=False` swaps XLA:CPU's YNNPACK kernels for Eigen's."""
-  if jax.default_backend() == "cpu" and not config.get("cpu_ynnpack", True):
+  if jax.default_backend() == "cpu" and not config.cpu_ynnpack:
     return {"xla_cpu_experimental_ynn_fusion_type": ""}  # An empty list: no YNNPACK fusions.
   return None
 
@@ -153,15 +154,39 @@ def save_config(config, workdir: str) -> None:
   os.replace(path + ".tmp", path)
 
 
+BASE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "base.py")
+
+
+def _merged(defaults: Dict[str, Any], saved: Dict[str, Any]) -> Dict[str, Any]:
+  """`saved` over `defaults`, nested dicts merged key by key."""
+  out = dict(defaults)
+  for key, value in saved.items():
+    out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+  return out
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """experiments/base.py, the one place every field's default lives."""
+  spec = importlib.util.spec_from_file_location("fmnist_jax_base_config", BASE_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's saved config; fields added to the project after the run was saved take base.py's defaults."""
   path = os.path.join(workdir, CONFIG_FILE)
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      saved = json.load(f)
   except FileNotFoundError as e:
     raise errors.CheckpointError(f"{path} not found; --workdir must be a folder written by training") from e
   except (OSError, ValueError) as e:
     raise errors.CheckpointError(f"{path} is unreadable ({e}); restore it from the run's config") from e
+  if not isinstance(saved, dict):
+    raise errors.CheckpointError(f"{path} is not a config (a JSON object expected); restore it from the run's config")
+  defaults = json.loads(default_config().to_json_best_effort())
+  return ml_collections.ConfigDict(_merged(defaults, saved))
 
 
 def _check_same_model(config, workdir: str) -> None:

@@ -119,3 +119,27 @@ def test_resume_takes_the_configs_learning_rate(tmp_path):
   assert step == 20
   for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
     np.testing.assert_array_equal(x, y)  # Adam with step size 0 leaves the parameters alone.
+
+
+def test_config_saved_before_newer_fields_takes_their_defaults(tmp_path):
+  (tmp_path / "config.json").write_text('{"seed": 7, "data": {"dataset": "fashion_mnist", "manual_dir": "/m"}}')
+  config = train.load_config(str(tmp_path))
+  assert config.seed == 7 and config.data.manual_dir == "/m"  # Saved values win ...
+  assert config.data.source == "auto" and config.pool_impl == "auto"  # ... missing ones are base.py's.
+  assert config.batch_size == train.default_config().batch_size
+
+
+def test_shipped_pretrained_config_loads_whole():
+  config = train.load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "pretrained"))
+  assert set(json_keys(train.default_config())) <= set(json_keys(config))
+
+
+def json_keys(config, prefix=""):
+  for key, value in config.items():
+    yield from json_keys(value, f"{prefix}{key}.") if hasattr(value, "items") else [prefix + key]
+
+
+def test_config_that_is_not_an_object_is_a_clear_error(tmp_path):
+  (tmp_path / "config.json").write_text("[1, 2]")
+  with pytest.raises(errors.CheckpointError, match="not a config"):
+    train.load_config(str(tmp_path))

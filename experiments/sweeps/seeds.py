@@ -1,4 +1,4 @@
-"""Five seeds of the base config: its run-to-run spread (trained together, vmapped)."""
+"""Five seeds of the base config: its run-to-run spread (vmapped together on GPU/TPU, one by one on the CPU)."""
 
 
 def get_sweep():
