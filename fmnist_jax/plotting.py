@@ -5,6 +5,7 @@ writers store TF2-style tensor scalars; legacy `simple_value` scalars are read a
 folder (any folder holding runs below it) is drawn as one overlay per metric.
 """
 
+import csv
 import dataclasses
 import glob
 import io
@@ -159,6 +160,58 @@ def write_curves(runs: Sequence[Run], out_dir: str, metrics: Sequence[str] = CUR
   if not paths:
     raise errors.UserError(f"the runs logged none of {', '.join(metrics)}; pick metrics they logged")
   return paths
+
+
+# --- Final numbers ----------------------------------------------------------------------------
+
+
+def final_values(run: Run, metrics: Sequence[str] = CURVE_METRICS) -> Dict[str, float]:
+  """`<split> <metric>` -> its last logged value: eval at the last step, train over the last logging window."""
+  values = {}
+  for split in SPLITS:
+    for metric in metrics:
+      series = run.scalars.get(split, {}).get(metric)
+      if series is not None and len(series.steps):
+        values[f"{split} {metric}"] = float(series.values[-1])
+  eval_loss = run.scalars.get("eval", {}).get("loss")
+  values["step"] = int(eval_loss.steps[-1]) if eval_loss is not None and len(eval_loss.steps) else -1
+  return values
+
+
+def final_table(runs: Sequence[Run], metrics: Sequence[str] = CURVE_METRICS) -> List[Dict[str, object]]:
+  """One row of final values per run; over several runs, mean and sample std (ddof=1) rows too.
+
+  Only columns every run logged are kept, so a summary never mixes runs that lack a metric.
+  """
+  per_run = [final_values(run, metrics) for run in runs]
+  columns = [c for c in per_run[0] if all(c in values for values in per_run)]
+  rows = [{"run": run.name, **{c: values[c] for c in columns}} for run, values in zip(runs, per_run)]
+  if len(runs) > 1:
+    table = np.array([[values[c] for c in columns] for values in per_run], np.float64)
+    rows.append({"run": "mean", **dict(zip(columns, table.mean(axis=0).tolist()))})
+    rows.append({"run": "std", **dict(zip(columns, table.std(axis=0, ddof=1).tolist()))})
+    steps = {values["step"] for values in per_run}
+    if len(steps) > 1:
+      logging.warning("the runs end at different steps %s: their summary mixes unfinished runs", sorted(steps))
+  return rows
+
+
+def write_final_table(rows: Sequence[Dict[str, object]], path: str) -> str:
+  """`rows` as CSV at `path`; returns `path`."""
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  return path
+
+
+def format_final_table(rows: Sequence[Dict[str, object]]) -> str:
+  """A markdown table of `rows` (4 decimals; the step column as an integer)."""
+  columns = list(rows[0])
+  cell = lambda c, v: str(v) if c == "run" else (f"{v:.0f}" if c == "step" else f"{v:.4f}")
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(cell(c, row[c]) for c in columns) + " |" for row in rows]
+  return "\n".join(lines)
 
 
 # --- Evaluation figures -----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Training curves of a run or a sweep folder as PNGs: python scripts/plot.py --workdir=W [--out=DIR]."""
+"""Training curves of a run or a sweep folder as PNGs, and their final numbers (mean ± std over a sweep):
+python scripts/plot.py --workdir=W [--out=DIR]."""
 
 import logging
 import os
@@ -27,11 +28,15 @@ def main(argv):
   from fmnist_jax import plotting  # pylint: disable=g-import-not-at-top
   try:
     runs = plotting.load_runs(FLAGS.workdir)
-    paths = plotting.write_curves(runs, FLAGS.out or os.path.join(FLAGS.workdir, "plots"),
-                                   FLAGS.metrics or plotting.CURVE_METRICS)
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "plots")
+    metrics = FLAGS.metrics or plotting.CURVE_METRICS
+    paths = plotting.write_curves(runs, out, metrics)
+    rows = plotting.final_table(runs, metrics)
+    paths.append(plotting.write_final_table(rows, os.path.join(out, "final.csv")))
   except errors.UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(errors.EXIT_USER_ERROR)
+  print(plotting.format_final_table(rows))
   print(f"{len(runs)} run(s) plotted:", *paths, sep="\n  ")
 
 

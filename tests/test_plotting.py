@@ -52,26 +52,54 @@ def test_sweep_folder_is_overlaid(tiny_run, tmp_path):
   assert sorted(os.path.basename(p) for p in paths) == ["accuracy.png", "loss.png", "precision.png"]
 
 
-def test_legacy_simple_value_scalars_are_read_and_newest_write_wins(tmp_path):
+def write_scalars(logdir, tag, points):
+  """Legacy simple_value scalars, as TF1 wrote them: [(step, value)], wall time = step."""
   from tensorboard.compat.proto import event_pb2
   from tensorboard.compat.proto import summary_pb2
   from tensorboard.summary.writer import event_file_writer
+  writer = event_file_writer.EventFileWriter(str(logdir))
+  for step, value in points:
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)])
+    writer.add_event(event_pb2.Event(wall_time=step, step=step, summary=summary))
+  writer.close()
 
-  def write(logdir, points):
-    writer = event_file_writer.EventFileWriter(str(logdir))
-    for step, value in points:
-      summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag="loss", simple_value=value)])
-      writer.add_event(event_pb2.Event(wall_time=step, step=step, summary=summary))
-    writer.close()
 
+def test_legacy_simple_value_scalars_are_read_and_newest_write_wins(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"batch_size": 250}))
-  write(tmp_path / "train", [(1, 2.0), (2, 1.5), (3, 1.0)])
-  write(tmp_path / "train", [(2, 1.25), (3, 0.75)])  # Written later: a resumed run's steps after its checkpoint.
+  write_scalars(tmp_path / "train", "loss", [(1, 2.0), (2, 1.5), (3, 1.0)])
+  write_scalars(tmp_path / "train", "loss", [(2, 1.25), (3, 0.75)])  # Written later: a resumed run's steps.
   (run,) = plotting.load_runs(str(tmp_path))
   series = run.scalars["train"]["loss"]
   assert list(series.steps) == [1, 2, 3]
   assert list(series.values) == pytest.approx([2.0, 1.25, 0.75])
   assert run.steps_per_epoch == 240
+
+
+def test_sweep_final_table_has_each_runs_last_values_and_their_mean_and_sample_std(tmp_path):
+  finals = {"seed=0": (0.90, 0.28, 0.93), "seed=1": (0.91, 0.26, 0.92), "seed=2": (0.89, 0.30, 0.94)}
+  for name, (acc, loss, train_acc) in finals.items():
+    run = tmp_path / name
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"batch_size": 250}))
+    write_scalars(run / "eval", "accuracy", [(40, 0.5), (80, acc)])
+    write_scalars(run / "eval", "loss", [(40, 1.0), (80, loss)])
+    write_scalars(run / "train", "accuracy", [(50, 0.6), (80, train_acc)])
+    if name != "seed=2":
+      write_scalars(run / "eval", "precision", [(80, acc)])  # Not every run has it: the column is dropped.
+  rows = plotting.final_table(plotting.load_runs(str(tmp_path)))
+  assert [row["run"] for row in rows] == ["seed=0", "seed=1", "seed=2", "mean", "std"]
+  assert "eval precision" not in rows[0]
+  accs = [acc for acc, _, _ in finals.values()]
+  assert [row["eval accuracy"] for row in rows[:3]] == pytest.approx(accs, rel=1e-6)
+  assert rows[3]["eval accuracy"] == pytest.approx(sum(accs) / 3, rel=1e-6)
+  sample_std = (sum((a - sum(accs) / 3) ** 2 for a in accs) / 2) ** 0.5
+  assert rows[4]["eval accuracy"] == pytest.approx(sample_std, rel=1e-5)  # Event files hold float32.
+  assert rows[3]["train accuracy"] == pytest.approx(0.93, rel=1e-6)
+  assert rows[0]["step"] == 80
+  path = plotting.write_final_table(rows, str(tmp_path / "final.csv"))
+  with open(path) as f:
+    assert f.readline().strip() == "run,train accuracy,eval loss,eval accuracy,step"
+  assert plotting.format_final_table(rows).splitlines()[-1] == "| std | 0.0100 | 0.0200 | 0.0100 | 0 |"
 
 
 def test_empty_workdir_fails_in_one_line(tmp_path):
