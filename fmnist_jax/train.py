@@ -120,10 +120,11 @@ def num_train_steps(config, num_train_examples: int) -> int:
 
 
 def compiler_options(config) -> Optional[Dict[str, str]]:
-  """XLA options for the compiled programs: `cpu_ynnpack=False` swaps XLA:CPU's YNNPACK kernels for Eigen's."""
-  if jax.default_backend() == "cpu" and not config.cpu_ynnpack:
-    return {"xla_cpu_experimental_ynn_fusion_type": ""}  # An empty list: no YNNPACK fusions.
-  return None
+  """XLA options for the compiled programs: on the CPU, the ops that YNNPACK runs (the rest use Eigen's kernels)."""
+  if jax.default_backend() != "cpu" or config.cpu_ynn_fusions is None:
+    return None  # jaxlib's own choice.
+  fusions = filter(None, config.cpu_ynn_fusions.split(","))
+  return {"xla_cpu_experimental_ynn_fusion_type": ",".join(f"LIBRARY_FUSION_TYPE_{f.upper()}" for f in fusions)}
 
 
 def resolve_fuse(config) -> bool:

@@ -10,6 +10,7 @@ from fmnist_jax import errors
 DTYPES = ("float32", "bfloat16")
 CONV_IMPLS = ("auto", "xla", "im2col")
 POOL_IMPLS = ("auto", "xla", "slices")
+YNN_FUSIONS = ("dot", "eltwise", "reduce", "individual_dot", "individual_convolution")  # XLA's LibraryFusionType names.
 FUSE_MODES = ("auto", "on", "off")
 DATA_SOURCES = ("auto", "tfds", "idx")
 TRAIN_EXAMPLES = 60_000  # Size of the Fashion-MNIST training split.
@@ -47,6 +48,9 @@ def validate(config, num_devices: int) -> None:
     raise errors.ConfigError(f"config.conv_impl={config.conv_impl!r} must be one of {CONV_IMPLS}")
   if config.pool_impl not in POOL_IMPLS:
     raise errors.ConfigError(f"config.pool_impl={config.pool_impl!r} must be one of {POOL_IMPLS}")
+  if config.cpu_ynn_fusions is not None and not set(filter(None, config.cpu_ynn_fusions.split(","))) <= set(YNN_FUSIONS):
+    raise errors.ConfigError(f"config.cpu_ynn_fusions={config.cpu_ynn_fusions!r} must be a comma list of "
+                             f"{', '.join(YNN_FUSIONS)} (\"\": none)")
   if config.get("deterministic", False) and not determinism.enabled():
     raise errors.ConfigError(f"config.deterministic=True needs XLA_FLAGS={determinism.XLA_FLAG} before jax "
                              "starts: train with fmnist_jax.main, or export XLA_FLAGS yourself")

@@ -1,4 +1,4 @@
-"""The speed options (conv_impl, pool_impl, cpu_ynnpack) change arithmetic, never the model."""
+"""The speed options (conv_impl, pool_impl, cpu_ynn_fusions) change arithmetic, never the model."""
 
 import flax.linen as nn
 import jax
@@ -60,9 +60,19 @@ def test_auto_choices_and_unknown_names():
       validation.validate(tiny_config(**{field: "fft"}), 1)
 
 
-def test_cpu_ynnpack_false_compiles_without_ynnpack():
-  x = jnp.ones((4, 64))
-  compiled = lambda config: jax.jit(lambda a: a @ a.T, compiler_options=train.compiler_options(
-      config)).lower(x).compile().as_text()
-  assert "__ynn_fusion" not in compiled(tiny_config(cpu_ynnpack=False))
-  assert train.compiler_options(tiny_config(cpu_ynnpack=True)) is None  # jaxlib's own choice.
+def test_cpu_ynn_fusions_hands_only_the_named_ops_to_ynnpack():
+  x, w = jnp.ones((4, 14, 14, 4)), jnp.ones((5, 5, 4, 8))
+  def compiled(config):
+    step = lambda x, w: jnp.tanh(jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))).reshape(4, -1) @ jnp.ones((1568, 3))
+    return jax.jit(step, compiler_options=train.compiler_options(config)).lower(x, w).compile().as_text()
+  if jax.default_backend() != "cpu":
+    assert train.compiler_options(tiny_config()) is None
+    return
+  fusions = lambda text: [line for line in text.splitlines() if '"__ynn_fusion"' in line]
+  (dot_fusion,) = fusions(compiled(tiny_config(cpu_ynn_fusions="dot")))  # The dot, not the convolution.
+  assert '/dot_general"' in dot_fusion  # Its op_name.
+  assert not fusions(compiled(tiny_config(cpu_ynn_fusions="")))  # Eigen for everything.
+  assert train.compiler_options(tiny_config(cpu_ynn_fusions=None)) is None  # jaxlib's own choice.
+  with pytest.raises(errors.ConfigError, match="cpu_ynn_fusions"):
+    validation.validate(tiny_config(cpu_ynn_fusions="dot,winograd"), 1)

@@ -1,0 +1,32 @@
+"""Per-layer speed, JAX beside PyTorch, as one JSON line: python scripts/benchmark_layers.py
+--config=experiments/base.py [--repeats=N] [--config.FIELD=VALUE ...]."""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
+                                lock_config=True)
+flags.DEFINE_integer("repeats", 11, "Timed calls per op; the median is reported.")
+flags.mark_flag_as_required("config")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
+  from fmnist_jax import errors  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
+  from fmnist_jax import layer_benchmark  # pylint: disable=g-import-not-at-top
+  try:
+    result = layer_benchmark.run(FLAGS.config, FLAGS.repeats)
+  except errors.UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(errors.EXIT_USER_ERROR)
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)
