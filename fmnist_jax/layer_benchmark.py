@@ -87,11 +87,12 @@ def run(config, repeats: int = 11) -> Dict:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise errors.UserError(f"the layer benchmark needs PyTorch ({e}); install it with `pip install -e .[bench]`") from e
+  options = train.compiler_options(config)
   result = {"backend": jax.default_backend(), "jax_version": jax.__version__, "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(), "batch_size": config.batch_size,
-            "xla_options": train.compiler_options(config), "repeats": repeats, "ops": {}}
+            "xla_options": options, "repeats": repeats, "ops": {}}
   for op in layer_ops(config):
-    jitted = jax.jit(op.jax_fn, compiler_options=train.compiler_options(config))
+    jitted = jax.jit(op.jax_fn, compiler_options=options)
     jax_args = [jnp.asarray(a) for a in op.args]
     torch_args = [torch.from_numpy(np.ascontiguousarray(np.transpose(a, axes)))
                   for a, axes in zip(op.args, op.to_torch)]

@@ -123,7 +123,7 @@ def compiler_options(config) -> Optional[Dict[str, str]]:
   """XLA options for the compiled programs: on the CPU, the ops that YNNPACK runs (the rest use Eigen's kernels)."""
   if jax.default_backend() != "cpu" or config.cpu_ynn_fusions is None:
     return None  # jaxlib's own choice.
-  fusions = filter(None, config.cpu_ynn_fusions.split(","))
+  fusions = validation.cpu_ynn_fusions(config)
   return {"xla_cpu_experimental_ynn_fusion_type": ",".join(f"LIBRARY_FUSION_TYPE_{f.upper()}" for f in fusions)}
 
 

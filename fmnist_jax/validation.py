@@ -1,6 +1,7 @@
 """Checks a config before any work starts, so a bad one costs one line, not a crashed run."""
 
 import os
+from typing import List
 
 import flax.linen as nn
 
@@ -22,6 +23,11 @@ def _positive(config, name: str) -> None:
     value = value[part]
   if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
     raise errors.ConfigError(f"config.{name}={value!r} must be a positive integer")
+
+
+def cpu_ynn_fusions(config) -> List[str]:
+  """The names in config.cpu_ynn_fusions ("dot,reduce" -> ["dot", "reduce"]; "" -> [])."""
+  return [name for name in config.cpu_ynn_fusions.split(",") if name]
 
 
 def validate(config, num_devices: int) -> None:
@@ -48,7 +54,7 @@ def validate(config, num_devices: int) -> None:
     raise errors.ConfigError(f"config.conv_impl={config.conv_impl!r} must be one of {CONV_IMPLS}")
   if config.pool_impl not in POOL_IMPLS:
     raise errors.ConfigError(f"config.pool_impl={config.pool_impl!r} must be one of {POOL_IMPLS}")
-  if config.cpu_ynn_fusions is not None and not set(filter(None, config.cpu_ynn_fusions.split(","))) <= set(YNN_FUSIONS):
+  if config.cpu_ynn_fusions is not None and not set(cpu_ynn_fusions(config)) <= set(YNN_FUSIONS):
     raise errors.ConfigError(f"config.cpu_ynn_fusions={config.cpu_ynn_fusions!r} must be a comma list of "
                              f"{', '.join(YNN_FUSIONS)} (\"\": none)")
   if config.get("deterministic", False) and not determinism.enabled():
