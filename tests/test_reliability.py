@@ -261,9 +261,12 @@ def test_sigint_and_sigterm_save_flush_exit_75_and_the_rerun_resumes(tmp_path, r
     match = re.search(rf"stopped by {signum.name} at step (\d+);", line)
     assert match, line
     step = int(match.group(1))
-    assert step < NUM_STEPS and step % 5 == 0  # Stopped at the next log point, not at once.
+    # Step by step, so it stops after the step in flight: often a log point (the loop waits for the
+    # device there), not always.
+    assert 5 <= step < NUM_STEPS  # Signalled after the first log line, stopped before the end.
     assert final_state(workdir)[0] == step  # Saved and committed before exiting.
-    assert step in event_steps(os.path.join(workdir, "train"), "loss")  # Flushed.
+    log_points = set(range(5, step + 1, 5))
+    assert log_points <= set(event_steps(os.path.join(workdir, "train"), "loss"))  # Flushed.
     stopped.append(step)
   assert stopped[1] > stopped[0]  # The second run resumed where the first stopped.
 
