@@ -10,6 +10,7 @@ steps committed before it stay intact.
 """
 
 import contextlib
+import logging as std_logging
 import os
 import re
 from typing import Any, Optional, Tuple
@@ -25,6 +26,11 @@ CHECKPOINT_SUBDIR = "checkpoints"
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)  # Orbax rejects relative paths.
+
+
+def _not_unretrieved(record) -> bool:
+  """Drops asyncio's "... exception was never retrieved" records (see Checkpointer._write_errors)."""
+  return "exception was never retrieved" not in record.getMessage()
 
 
 class Checkpointer:
@@ -66,6 +72,9 @@ class Checkpointer:
       reason = os.strerror(int(os_error.group(1))) if os_error else (
           str(e).strip().splitlines() or [type(e).__name__])[0][:300]
       self._manager.reload()  # Forget the step that was not committed.
+      # The failed write's futures are garbage-collected later, possibly after our error line, and
+      # asyncio logs each as "exception was never retrieved" with a traceback: the line says it all.
+      std_logging.getLogger("asyncio").addFilter(_not_unretrieved)
       kept = f"step {self.steps()[0]} is intact" if self.steps() else "no earlier checkpoint exists"
       raise errors.CheckpointError(
           f"cannot write a checkpoint in {self.directory} ({reason}); {kept}. Free disk space or fix "

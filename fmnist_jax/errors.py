@@ -1,5 +1,12 @@
 """Errors a user can cause, reported at the edge as one line, and the process exit codes."""
 
+import sys
+from typing import Callable, NoReturn, TypeVar
+
+from absl import logging
+
+T = TypeVar("T")
+
 EXIT_USER_ERROR = 2  # Bad flag, config, path, image or checkpoint: nothing was changed.
 EXIT_NON_FINITE = 3  # The loss turned NaN/Inf: the last good checkpoint is kept.
 EXIT_INTERRUPTED = 75  # SIGTERM/SIGINT: a checkpoint was saved; run the same command to resume.
@@ -31,3 +38,22 @@ class NonFiniteLossError(Exception):
 
 class Interrupted(Exception):
   """Training stopped on a signal after saving a checkpoint."""
+
+
+def fail(message: str, code: int) -> NoReturn:
+  """Ends the process with one `error:` line (after the log lines before it) and `code`."""
+  logging.flush()
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def exit_on_error(run: Callable[[], T]) -> T:
+  """run(); an error with a known cause ends the process with one line and its exit code."""
+  try:
+    return run()
+  except UserError as e:
+    fail(str(e), EXIT_USER_ERROR)
+  except NonFiniteLossError as e:
+    fail(str(e), EXIT_NON_FINITE)
+  except Interrupted as e:
+    fail(str(e), EXIT_INTERRUPTED)

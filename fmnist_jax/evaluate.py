@@ -10,7 +10,6 @@ import csv
 import dataclasses
 import functools
 import os
-import sys
 from typing import Dict, List
 
 from absl import app
@@ -128,12 +127,9 @@ def write_report(evaluation: Evaluation, out_dir: str, num_mistakes: int) -> Lis
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  try:
-    evaluation = evaluate_workdir(FLAGS.workdir)
-    paths = write_report(evaluation, FLAGS.out or os.path.join(FLAGS.workdir, "evaluation"), FLAGS.num_mistakes)
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(errors.EXIT_USER_ERROR)
+  evaluation = errors.exit_on_error(lambda: evaluate_workdir(FLAGS.workdir))
+  paths = errors.exit_on_error(lambda: write_report(
+      evaluation, FLAGS.out or os.path.join(FLAGS.workdir, "evaluation"), FLAGS.num_mistakes))
   m = evaluation.metrics
   print(f"{FLAGS.workdir} at step {evaluation.step}, {len(evaluation.test.labels)} test images: "
         f"accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, precision {m['precision']:.4f}, "

@@ -2,7 +2,6 @@
 
 import logging as std_logging
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -45,15 +44,15 @@ def parse_flags(argv):
     FLAGS.config.keys()  # A config file that failed to load raises here, not mid-run.
     return rest
   except flags.Error as e:
-    _fail(f"{_one_line(e)} (see --helpshort)", errors.EXIT_USER_ERROR)
+    errors.fail(f"{_one_line(e)} (see --helpshort)", errors.EXIT_USER_ERROR)
   except (AttributeError, KeyError) as e:  # AttributeError(KeyError("'name'\nDid you mean ...")).
     while e.args and isinstance(e.args[0], BaseException):
       e = e.args[0]
-    _fail(f"unknown config field {_one_line(e.args[0] if e.args else e)}; a --config.FIELD flag must name "
+    errors.fail(f"unknown config field {_one_line(e.args[0] if e.args else e)}; a --config.FIELD flag must name "
           "a field of the config file", errors.EXIT_USER_ERROR)
   except OSError as e:
     reason = (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[-1]
-    _fail(f"the --config file cannot be loaded ({reason.strip()})", errors.EXIT_USER_ERROR)
+    errors.fail(f"the --config file cannot be loaded ({reason.strip()})", errors.EXIT_USER_ERROR)
 
 
 def prepare_process() -> None:
@@ -67,7 +66,7 @@ def prepare_process() -> None:
     try:  # Coordinator, process count and id come from the cluster: Cloud TPU, SLURM, Open MPI, k8s.
       jax.distributed.initialize()
     except (ValueError, RuntimeError) as e:
-      _fail(f"--distributed: jax.distributed.initialize() failed ({_one_line(e)}); start one process per "
+      errors.fail(f"--distributed: jax.distributed.initialize() failed ({_one_line(e)}); start one process per "
             "host with srun, mpirun or `gcloud compute tpus tpu-vm ssh --worker=all`", errors.EXIT_USER_ERROR)
     logging.info("Process %d of %d", jax.process_index(), jax.process_count())
 
@@ -77,25 +76,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
   prepare_process()
   from fmnist_jax import train  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
-  report_errors(lambda: train.train_and_evaluate(FLAGS.config, FLAGS.workdir))
-
-
-def report_errors(run) -> None:
-  """Calls run(); errors with a known cause end the process with one line and their exit code."""
-  try:
-    run()
-  except errors.UserError as e:
-    _fail(str(e), errors.EXIT_USER_ERROR)
-  except errors.NonFiniteLossError as e:
-    _fail(str(e), errors.EXIT_NON_FINITE)
-  except errors.Interrupted as e:
-    _fail(str(e), errors.EXIT_INTERRUPTED)
-
-
-def _fail(message: str, code: int) -> None:
-  logging.flush()
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(code)
+  errors.exit_on_error(lambda: train.train_and_evaluate(FLAGS.config, FLAGS.workdir))
 
 
 def _one_line(text) -> str:

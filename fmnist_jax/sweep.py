@@ -368,7 +368,7 @@ def main(argv):
   flag_values = flags.FLAGS
   if flag_values.config.compilation_cache_dir is None:  # Points trained one by one load, not compile, their programs.
     flag_values.config.compilation_cache_dir = os.path.join(os.path.abspath(flag_values.workdir), CACHE_SUBDIR)
-  cli.report_errors(lambda: run_sweep(flag_values.config, flag_values.sweep, flag_values.workdir,
+  errors.exit_on_error(lambda: run_sweep(flag_values.config, flag_values.sweep, flag_values.workdir,
                                       flag_values.vmap_members, parse_part(flag_values.part)))
 
 

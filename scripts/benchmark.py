@@ -2,7 +2,6 @@
 [--steps=N] [--compare=torch] [--config.FIELD=VALUE ...]."""
 
 import json
-import sys
 
 from absl import app
 from absl import flags
@@ -21,12 +20,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
   from fmnist_jax import benchmark  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
   from fmnist_jax import errors  # pylint: disable=g-import-not-at-top
-  try:
-    result = benchmark.run(FLAGS.config, FLAGS.steps, FLAGS.compare)
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(errors.EXIT_USER_ERROR)
-  print(json.dumps(result))
+  print(json.dumps(errors.exit_on_error(lambda: benchmark.run(FLAGS.config, FLAGS.steps, FLAGS.compare))))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 --config=experiments/base.py [--repeats=N] [--config.FIELD=VALUE ...]."""
 
 import json
-import sys
 
 from absl import app
 from absl import flags
@@ -20,12 +19,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
   from fmnist_jax import errors  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
   from fmnist_jax import layer_benchmark  # pylint: disable=g-import-not-at-top
-  try:
-    result = layer_benchmark.run(FLAGS.config, FLAGS.repeats)
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(errors.EXIT_USER_ERROR)
-  print(json.dumps(result))
+  print(json.dumps(errors.exit_on_error(lambda: layer_benchmark.run(FLAGS.config, FLAGS.repeats))))
 
 
 if __name__ == "__main__":

@@ -26,16 +26,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   from fmnist_jax import errors  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
   from fmnist_jax import plotting  # pylint: disable=g-import-not-at-top
-  try:
-    runs = plotting.load_runs(FLAGS.workdir)
-    out = FLAGS.out or os.path.join(FLAGS.workdir, "plots")
-    metrics = FLAGS.metrics or plotting.CURVE_METRICS
-    paths = plotting.write_curves(runs, out, metrics)
-    rows = plotting.final_table(runs, metrics)
-    paths.append(plotting.write_final_table(rows, os.path.join(out, "final.csv")))
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(errors.EXIT_USER_ERROR)
+  out = FLAGS.out or os.path.join(FLAGS.workdir, "plots")
+  metrics = FLAGS.metrics or plotting.CURVE_METRICS
+  runs = errors.exit_on_error(lambda: plotting.load_runs(FLAGS.workdir))
+  paths = errors.exit_on_error(lambda: plotting.write_curves(runs, out, metrics))
+  rows = plotting.final_table(runs, metrics)
+  paths.append(plotting.write_final_table(rows, os.path.join(out, "final.csv")))
   print(plotting.format_final_table(rows))
   print(f"{len(runs)} run(s) plotted:", *paths, sep="\n  ")
 
