@@ -48,8 +48,8 @@ def parse_flags(argv):
   except (AttributeError, KeyError) as e:  # AttributeError(KeyError("'name'\nDid you mean ...")).
     while e.args and isinstance(e.args[0], BaseException):
       e = e.args[0]
-    errors.fail(f"unknown config field {_one_line(e.args[0] if e.args else e)}; a --config.FIELD flag must name "
-          "a field of the config file", errors.EXIT_USER_ERROR)
+    errors.fail(f"unknown config field {_one_line(e.args[0] if e.args else e)}; a --config.FIELD flag must "
+                "name a field of the config file", errors.EXIT_USER_ERROR)
   except OSError as e:
     reason = (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[-1]
     errors.fail(f"the --config file cannot be loaded ({reason.strip()})", errors.EXIT_USER_ERROR)
@@ -66,8 +66,8 @@ def prepare_process() -> None:
     try:  # Coordinator, process count and id come from the cluster: Cloud TPU, SLURM, Open MPI, k8s.
       jax.distributed.initialize()
     except (ValueError, RuntimeError) as e:
-      errors.fail(f"--distributed: jax.distributed.initialize() failed ({_one_line(e)}); start one process per "
-            "host with srun, mpirun or `gcloud compute tpus tpu-vm ssh --worker=all`", errors.EXIT_USER_ERROR)
+      errors.fail(f"--distributed: jax.distributed.initialize() failed ({_one_line(e)}); start one process "
+                  "per host with srun, mpirun or `gcloud compute tpus tpu-vm ssh --worker=all`", errors.EXIT_USER_ERROR)
     logging.info("Process %d of %d", jax.process_index(), jax.process_count())
 
 

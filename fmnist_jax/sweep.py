@@ -369,7 +369,7 @@ def main(argv):
   if flag_values.config.compilation_cache_dir is None:  # Points trained one by one load, not compile, their programs.
     flag_values.config.compilation_cache_dir = os.path.join(os.path.abspath(flag_values.workdir), CACHE_SUBDIR)
   errors.exit_on_error(lambda: run_sweep(flag_values.config, flag_values.sweep, flag_values.workdir,
-                                      flag_values.vmap_members, parse_part(flag_values.part)))
+                                         flag_values.vmap_members, parse_part(flag_values.part)))
 
 
 if __name__ == "__main__":
