@@ -260,10 +260,7 @@ class _Group:
     finite = np.asarray(jax.device_get(acc.all_finite.compute()))
     for i in self._live():
       if self.configs[i].halt_on_nan and not finite[i]:
-        where = (f"step {self.last_saved[i]} in {self.ckpts[i].directory} (kept)"
-                 if self.last_saved[i] is not None else "none yet")
-        self.errors[i] = (f"loss or gradients became NaN/Inf between steps {window_start} and {step}; last "
-                          f"good checkpoint: {where}. Lower learning_rate, or set halt_on_nan=False to continue "
-                          "anyway")
+        self.errors[i] = train.non_finite_message(window_start, step, self.last_saved[i],
+                                                  self.ckpts[i].directory)
         logging.warning("member seed=%d learning_rate=%g: %s", self.configs[i].seed,
                         self.configs[i].learning_rate, self.errors[i])

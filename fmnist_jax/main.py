@@ -58,7 +58,7 @@ def parse_flags(argv):
 def prepare_process() -> None:
   """Before any JAX work (shared with fmnist_jax.sweep): quiet logs, kernel flags, joining the hosts."""
   quiet_library_logs()
-  if FLAGS.config.get("deterministic", False):
+  if FLAGS.config.deterministic:
     determinism.enable()  # Before jax starts a backend, which reads XLA_FLAGS once.
     logging.info("Deterministic GPU kernels: XLA_FLAGS=%s", os.environ["XLA_FLAGS"])
   if FLAGS.distributed:

@@ -356,12 +356,16 @@ def _loop(config, trainer: Trainer, state, ckpt, train_writer, eval_writer) -> D
   return final
 
 
+def non_finite_message(window_start: int, step: int, last_saved: Optional[int], ckpt_dir: str) -> str:
+  """What the NaN guard reports, for a single run and a vmapped member alike."""
+  where = f"step {last_saved} in {ckpt_dir} (kept)" if last_saved is not None else "none yet"
+  return (f"loss or gradients became NaN/Inf between steps {window_start} and {step}; last good checkpoint: "
+          f"{where}. Lower learning_rate, or set halt_on_nan=False to continue anyway")
+
+
 def _check_finite(config, acc, window_start: int, step: int, last_saved, ckpt) -> None:
   if config.halt_on_nan and not bool(jax.device_get(acc.all_finite.compute())):
-    where = f"step {last_saved} in {ckpt.directory} (kept)" if last_saved is not None else "none yet"
-    raise errors.NonFiniteLossError(
-        f"loss or gradients became NaN/Inf between steps {window_start} and {step}; last good checkpoint: "
-        f"{where}. Lower learning_rate, or set halt_on_nan=False to continue anyway")
+    raise errors.NonFiniteLossError(non_finite_message(window_start, step, last_saved, ckpt.directory))
 
 
 def _fmt(values: Dict[str, Any]) -> str:

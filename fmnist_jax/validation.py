@@ -57,7 +57,7 @@ def validate(config, num_devices: int) -> None:
   if config.cpu_ynn_fusions is not None and not set(cpu_ynn_fusions(config)) <= set(YNN_FUSIONS):
     raise errors.ConfigError(f"config.cpu_ynn_fusions={config.cpu_ynn_fusions!r} must be a comma list of "
                              f"{', '.join(YNN_FUSIONS)} (\"\": none)")
-  if config.get("deterministic", False) and not determinism.enabled():
+  if config.deterministic and not determinism.enabled():
     raise errors.ConfigError(f"config.deterministic=True needs XLA_FLAGS={determinism.XLA_FLAG} before jax "
                              "starts: train with fmnist_jax.main, or export XLA_FLAGS yourself")
   if config.fuse_steps not in FUSE_MODES:
