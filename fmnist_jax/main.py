@@ -10,6 +10,7 @@ from ml_collections import config_flags
 
 from fmnist_jax import determinism
 from fmnist_jax import errors
+from fmnist_jax import host_memory
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
@@ -56,8 +57,9 @@ def parse_flags(argv):
 
 
 def prepare_process() -> None:
-  """Before any JAX work (shared with fmnist_jax.sweep): quiet logs, kernel flags, joining the hosts."""
+  """Before any JAX work (shared with fmnist_jax.sweep): quiet logs, host memory, kernel flags, joining the hosts."""
   quiet_library_logs()
+  host_memory.configure(FLAGS.config)
   if FLAGS.config.deterministic:
     determinism.enable()  # Before jax starts a backend, which reads XLA_FLAGS once.
     logging.info("Deterministic GPU kernels: XLA_FLAGS=%s", os.environ["XLA_FLAGS"])

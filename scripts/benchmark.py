@@ -18,7 +18,9 @@ flags.mark_flag_as_required("config")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
-  from fmnist_jax import benchmark  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
+  from fmnist_jax import host_memory  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
+  host_memory.configure(FLAGS.config)  # Before any JAX work; PyTorch in the same process gets it too.
+  from fmnist_jax import benchmark  # pylint: disable=g-import-not-at-top
   from fmnist_jax import errors  # pylint: disable=g-import-not-at-top
   print(json.dumps(errors.exit_on_error(lambda: benchmark.run(FLAGS.config, FLAGS.steps, FLAGS.compare))))
 

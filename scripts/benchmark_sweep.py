@@ -90,6 +90,8 @@ def _seeded(config, seed):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
+  from fmnist_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.configure(FLAGS.config)  # Before any JAX work, as the sweep CLI.
   import jax  # pylint: disable=g-import-not-at-top
   config, steps = FLAGS.config, FLAGS.steps
   if config.compilation_cache_dir:  # As train.prepare does for every run of a sweep.
