@@ -56,5 +56,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.retain_host_memory = True  # Keep freed host memory for reuse instead of unmapping it after every step (glibc; page faults were ~10% of a CPU step). The process keeps its peak memory.
   config.halt_on_nan = True  # Stop with an error when the loss turns NaN/Inf (the last good checkpoint is kept).
   config.deterministic = False  # GPU: bitwise-repeatable runs via XLA's deterministic kernels (slower; see fmnist_jax/determinism.py). The CPU always is.
-  config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)  # Persistent XLA compilation cache folder (None: off).
+  config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)  # Persistent XLA compilation cache folder, every program stored (None: off).
   return config

@@ -274,9 +274,19 @@ def prepare(config, workdir: str) -> str:
   workdir = os.path.abspath(workdir)
   validation.check_workdir(workdir)
   _check_same_model(config, workdir)
+  use_compilation_cache(config)
+  return workdir
+
+
+def use_compilation_cache(config) -> None:
+  """config.compilation_cache_dir: every program is written and read there, even ones that compile fast.
+
+  JAX by default stores only programs that took over a second to compile; a cached run wants the
+  evaluation and initialisation programs too.
+  """
   if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(config.compilation_cache_dir))
-  return workdir
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:

@@ -94,8 +94,8 @@ def main(argv):
   host_memory.configure(FLAGS.config)  # Before any JAX work, as the sweep CLI.
   import jax  # pylint: disable=g-import-not-at-top
   config, steps = FLAGS.config, FLAGS.steps
-  if config.compilation_cache_dir:  # As train.prepare does for every run of a sweep.
-    jax.config.update("jax_compilation_cache_dir", os.path.abspath(config.compilation_cache_dir))
+  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
+  train.use_compilation_cache(config)  # As train.prepare does for every run of a sweep.
   seeds = list(range(FLAGS.num_seeds))
   load_before = os.getloadavg()
   result = {"backend": jax.default_backend(), "devices": jax.device_count(), "steps": steps,

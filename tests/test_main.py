@@ -50,6 +50,20 @@ def test_training_without_tensorflow_writes_the_same_event_files(tmp_path, manua
   assert 40 in read_scalars(os.path.join(workdir, "train"))["steps_per_sec"]
 
 
+def test_compilation_cache_lets_a_second_run_compile_nothing_new(tmp_path):
+  cache = tmp_path / "xla_cache"
+  tiny = ["--config.num_train_steps=2", "--config.model.conv_features=(8, 8)", "--config.model.dense_features=32",
+          f"--config.compilation_cache_dir={cache}"]
+  first = _main(str(tmp_path / "first"), *tiny)
+  assert first.returncode == 0, first.stderr[-3000:]
+  entries = sorted(os.listdir(cache))
+  for program in ("jit_train_steps", "jit_epoch_permutation"):  # The latter compiles in well under a second.
+    assert any(e.startswith(program) for e in entries), entries
+  second = _main(str(tmp_path / "second"), *tiny)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert sorted(os.listdir(cache)) == entries  # Every program came from the cache.
+
+
 @pytest.mark.parametrize("flags, expected", [
     (["--config=experiments/base.py"], "--workdir"),
     (["--workdir=x"], "--config"),

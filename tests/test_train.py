@@ -44,6 +44,21 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(fmnist):
   assert float(last.loss.compute()) < 0.5 * float(first.loss.compute())
 
 
+def test_bfloat16_compute_learns_with_float32_parameters_and_adam_state(fmnist):
+  batch = input_pipeline.gather_batch(fmnist["train"].images, fmnist["train"].labels, jnp.arange(100), 0, 100)
+  step = jax.jit(train.train_step)
+  start = train.create_train_state(tiny_config(), jax.random.PRNGKey(0))
+  f32_state, _ = step(start, batch)
+  state, first = step(train.create_train_state(tiny_config(dtype="bfloat16"), jax.random.PRNGKey(0)), batch)
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves((state.params, state.opt_state))
+             if jnp.issubdtype(leaf.dtype, jnp.floating))
+  gap = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), state.params, f32_state.params)
+  assert 0 < max(jax.tree.leaves(gap)) < 0.01  # Same start, bf16 arithmetic: close, not equal.
+  for _ in range(20):
+    state, last = step(state, batch)
+  assert float(last.loss.compute()) < 0.5 * float(first.loss.compute())
+
+
 def test_eval_step_ignores_masked_rows(fmnist):
   config = tiny_config()
   state = train.create_train_state(config, jax.random.PRNGKey(0))
