@@ -76,3 +76,15 @@ def test_cpu_ynn_fusions_hands_only_the_named_ops_to_ynnpack():
   assert train.compiler_options(tiny_config(cpu_ynn_fusions=None)) is None  # jaxlib's own choice.
   with pytest.raises(errors.ConfigError, match="cpu_ynn_fusions"):
     validation.validate(tiny_config(cpu_ynn_fusions="dot,winograd"), 1)
+
+
+def test_default_cpu_options_sum_bias_gradients_without_reduce_window():
+  """XLA:CPU splits a long reduction (a conv bias gradient over N*H*W) into a slow reduce-window;
+  YNNPACK's reduce (the default "dot,reduce") takes the whole sum."""
+  if jax.default_backend() != "cpu":
+    return
+  x = jnp.ones((250, 28, 28, 64))
+  hlo = lambda config: jax.jit(lambda x: x.sum((0, 1, 2)), compiler_options=train.compiler_options(config)).lower(
+      x).compile().as_text()
+  assert "reduce-window" in hlo(tiny_config(cpu_ynn_fusions="dot"))
+  assert "reduce-window" not in hlo(tiny_config())
