@@ -78,6 +78,7 @@ def describe(config, trainer: train.Trainer) -> Dict:
 def run(config, steps: Optional[int] = None, compare: Optional[str] = None) -> Dict:
   """Benchmarks `steps` timed training steps (default: one epoch) and returns the results."""
   validation.validate(config, jax.device_count())
+  train.use_compilation_cache(config)  # compile_s then measures a cache load where one exists.
   if steps is not None and steps <= 0:
     raise errors.ConfigError(f"--steps={steps} must be a positive number of timed steps")
   if compare not in (None,) + COMPARE:
