@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.max_checkpoints_to_keep = 3  # Orbax keeps the newest few steps.
 
   # --- Execution -------------------------------------------------------------
-  config.fuse_steps = "auto"  # Run the steps between two log/eval points as one lax.scan: "auto" (by backend), "on", "off".
+  config.fuse_steps = "auto"  # Run the steps between two log/eval points as one compiled fori_loop: "auto" (GPU/TPU fused, CPU step by step), "on", "off".
   config.cpu_ynn_fusions = "dot,reduce"  # XLA:CPU ops given to YNNPACK, comma list of dot, eltwise, reduce, individual_dot, individual_convolution ("": Eigen for all; None: jaxlib's default). Measured fastest here: YNNPACK's dots and reductions, Eigen's convolutions.
   config.retain_host_memory = True  # Keep freed host memory for reuse instead of unmapping it after every step (glibc; page faults were ~10% of a CPU step). The process keeps its peak memory.
   config.halt_on_nan = True  # Stop with an error when the loss turns NaN/Inf (the last good checkpoint is kept).
