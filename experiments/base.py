@@ -1,9 +1,13 @@
 """The seed experiment: the original TF1 Fashion-MNIST CNN, number for number.
 
-Every other config imports this one and overrides only what differs.
+Every other config imports this one (`from fmnist_jax.experiments import base`) and overrides only
+what differs. How a run executes (fused steps, kernels, allocator, cache) is not part of the
+experiment: `config.runtime`, see fmnist_jax/runtime.py.
 """
 
 import ml_collections
+
+from fmnist_jax import runtime
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -29,8 +33,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_classes = 10  # Output logits.
   config.model.activation = "elu"  # Nonlinearity after each conv and the dense layer (any flax.linen activation name).
   config.dtype = "float32"  # Compute dtype ("float32" or "bfloat16"); parameters and Adam state stay float32.
-  config.conv_impl = "auto"  # Convolution arithmetic, same parameters: "xla" (lax.conv), "im2col" (slices + matmul), "auto" (im2col only for fused steps on CPU).
-  config.pool_impl = "auto"  # Max-pool arithmetic, same values and gradients: "xla" (select_and_scatter), "slices" (max of strided slices, first-max gradient), "auto" (slices on CPU).
 
   # --- Optimizer (Adam) ------------------------------------------------------
   config.learning_rate = 0.001  # Adam step size.
@@ -50,11 +52,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 240  # Checkpoint interval (one epoch); the last step is always saved.
   config.max_checkpoints_to_keep = 3  # Orbax keeps the newest few steps.
 
-  # --- Execution -------------------------------------------------------------
-  config.fuse_steps = "auto"  # Run the steps between two log/eval points as one compiled fori_loop: "auto" (GPU/TPU fused, CPU step by step), "on", "off".
-  config.cpu_ynn_fusions = "dot,reduce"  # XLA:CPU ops given to YNNPACK, comma list of dot, eltwise, reduce, individual_dot, individual_convolution ("": Eigen for all; None: jaxlib's default). Measured fastest here: YNNPACK's dots and reductions, Eigen's convolutions.
-  config.retain_host_memory = True  # Keep freed host memory for reuse instead of unmapping it after every step (glibc; page faults were ~10% of a CPU step). The process keeps its peak memory.
-  config.halt_on_nan = True  # Stop with an error when the loss turns NaN/Inf (the last good checkpoint is kept).
-  config.deterministic = False  # GPU: bitwise-repeatable runs via XLA's deterministic kernels (slower; see fmnist_jax/determinism.py). The CPU always is.
-  config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)  # Persistent XLA compilation cache folder, every program stored (None: off).
+  # --- Execution (not the experiment) -----------------------------------------
+  config.runtime = runtime.get_config()  # Fused steps, kernels, allocator, NaN guard, cache: fmnist_jax/runtime.py.
   return config

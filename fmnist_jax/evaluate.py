@@ -23,6 +23,7 @@ from fmnist_jax import errors
 from fmnist_jax import input_pipeline
 from fmnist_jax import metrics as metrics_lib
 from fmnist_jax import plotting
+from fmnist_jax import run_folder
 from fmnist_jax import train
 
 FLAGS = flags.FLAGS
@@ -49,7 +50,7 @@ def _evaluate_batch(state, batch):
 
 def evaluate_workdir(workdir: str) -> Evaluation:
   """Restores `workdir`'s newest parameters and evaluates them on the test split of its config.data."""
-  config = train.load_config(workdir)
+  config = run_folder.load_config(workdir)
   abstract = jax.eval_shape(functools.partial(train.create_train_state, config), jax.random.PRNGKey(0))
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
   try:
@@ -146,6 +147,11 @@ def define_flags() -> None:
   flags.mark_flag_as_required("workdir")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `fmnist-evaluate` console script."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

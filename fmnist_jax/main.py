@@ -1,16 +1,14 @@
 """Command line: python -m fmnist_jax.main --config=experiments/base.py --workdir=runs/x [--config.F=V]."""
 
 import logging as std_logging
-import os
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from fmnist_jax import determinism
 from fmnist_jax import errors
-from fmnist_jax import host_memory
+from fmnist_jax import runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
@@ -57,12 +55,9 @@ def parse_flags(argv):
 
 
 def prepare_process() -> None:
-  """Before any JAX work (shared with fmnist_jax.sweep): quiet logs, host memory, kernel flags, joining the hosts."""
+  """Before any JAX work (shared with fmnist_jax.sweep): quiet logs, the runtime settings, joining the hosts."""
   quiet_library_logs()
-  host_memory.configure(FLAGS.config)
-  if FLAGS.config.deterministic:
-    determinism.enable()  # Before jax starts a backend, which reads XLA_FLAGS once.
-    logging.info("Deterministic GPU kernels: XLA_FLAGS=%s", os.environ["XLA_FLAGS"])
+  runtime.prepare_process(FLAGS.config.runtime)
   if FLAGS.distributed:
     import jax  # pylint: disable=g-import-not-at-top
     try:  # Coordinator, process count and id come from the cluster: Cloud TPU, SLURM, Open MPI, k8s.
@@ -77,13 +72,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
   prepare_process()
-  from fmnist_jax import train  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
-  errors.exit_on_error(lambda: train.train_and_evaluate(FLAGS.config, FLAGS.workdir))
+  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
+  errors.exit_on_error(lambda: loop.train_and_evaluate(FLAGS.config, FLAGS.workdir))
 
 
 def _one_line(text) -> str:
   return " ".join(str(text).split())[:500]
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `fmnist-train` console script."""
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

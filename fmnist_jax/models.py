@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fmnist_jax import runtime
+
 
 def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                 dimension_numbers=None, feature_group_count=1, precision=None):
@@ -105,8 +107,11 @@ class CNN(nn.Module):
     return x.astype(jnp.float32)
 
 
-def create_model(config) -> CNN:
-  """Builds the CNN from `config.model` and `config.dtype` (names already validated)."""
+def create_model(config, rt=None) -> CNN:
+  """Builds the CNN from `config.model` and `config.dtype` (names already validated); `rt`, a
+  resolved `runtime.Runtime`, picks the layer arithmetic (default: resolved for JAX's backend)."""
+  if rt is None:
+    rt = runtime.resolve(config.runtime)
   m = config.model
   return CNN(
       conv_features=tuple(m.conv_features),
@@ -116,24 +121,6 @@ def create_model(config) -> CNN:
       num_classes=m.num_classes,
       activation=getattr(nn, m.activation),
       dtype=jnp.dtype(config.dtype),
-      conv_impl=resolve_conv_impl(config),
-      pool_impl=resolve_pool_impl(config),
+      conv_impl=rt.conv_impl,
+      pool_impl=rt.pool_impl,
   )
-
-
-def resolve_conv_impl(config) -> str:
-  """"auto": im2col for fused steps on the CPU (see im2col_conv), XLA's convolution otherwise."""
-  impl = config.conv_impl
-  if impl == "auto":
-    # fuse_steps="auto" means step by step on the CPU (train.resolve_fuse).
-    fused_on_cpu = jax.default_backend() == "cpu" and config.fuse_steps == "on"
-    return "im2col" if fused_on_cpu else "xla"
-  return impl
-
-
-def resolve_pool_impl(config) -> str:
-  """"auto": slices on the CPU, where select_and_scatter is slow; XLA's max_pool elsewhere (unmeasured)."""
-  impl = config.pool_impl
-  if impl == "auto":
-    return "slices" if jax.default_backend() == "cpu" else "xla"
-  return impl

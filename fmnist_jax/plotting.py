@@ -17,11 +17,11 @@ from matplotlib import figure
 import numpy as np
 from PIL import Image
 
+from fmnist_jax import config_checks
 from fmnist_jax import errors
-from fmnist_jax import train
-from fmnist_jax import validation
+from fmnist_jax import run_folder
 
-SPLITS = ("train", "eval")  # Event-file subfolders of a workdir, as train.train_and_evaluate writes them.
+SPLITS = ("train", "eval")  # Event-file subfolders of a workdir, as fmnist_jax.loop writes them.
 CURVE_METRICS = ("loss", "accuracy", "precision")  # Eval recall equals accuracy on the balanced test split.
 FIGURE_WIDTH_IN, CURVE_HEIGHT_IN, DPI = 10.0, 5.5, 100  # 1000 px wide.
 _SPLIT_STYLE = {"train": {"linestyle": "-", "marker": "."}, "eval": {"linestyle": "--", "marker": "o", "markersize": 3}}
@@ -42,7 +42,7 @@ class Run:
 
 
 def _is_run(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, train.CONFIG_FILE))
+  return os.path.isfile(run_folder.config_path(path))
 
 
 def find_runs(path: str) -> List[str]:
@@ -92,7 +92,7 @@ def read_scalars(logdir: str) -> Dict[str, Series]:
 
 def load_run(path: str, name: Optional[str] = None) -> Run:
   """Reads one workdir's train/ and eval/ scalars; raises UserError if it holds none."""
-  config = train.load_config(path)
+  config = run_folder.load_config(path)
   scalars = {}
   for split in SPLITS:
     logdir = os.path.join(path, split)
@@ -102,7 +102,7 @@ def load_run(path: str, name: Optional[str] = None) -> Run:
     raise errors.UserError(f"no scalar summaries in {path}/train or {path}/eval event files; train the run "
                            "(or let it reach its first log step) before plotting")
   return Run(name=name or os.path.basename(os.path.normpath(path)),
-             steps_per_epoch=validation.TRAIN_EXAMPLES // config.batch_size, scalars=scalars)
+             steps_per_epoch=config_checks.TRAIN_EXAMPLES // config.batch_size, scalars=scalars)
 
 
 def load_runs(path: str) -> List[Run]:

@@ -1,4 +1,10 @@
-"""A trained model restored from a workdir, and batched class probabilities for images.
+"""Classifies images with a trained model: python -m fmnist_jax.predict IMAGE [IMAGE ...]
+[--workdir=W] [--top_k=K] [--json] (also `fmnist-predict`, and scripts/predict.py in a checkout).
+
+One image prints `Predicted class: NAME`; several print that line per image, prefixed by its path.
+A file that cannot be read gets one `error:` line on stderr (or an object with "error" under --json),
+the others are still classified, and the exit status is 2. Without --workdir the shipped model
+(package data `fmnist_jax.pretrained`, the repository's pretrained/ folder) is used.
 
 The model is built from the workdir's saved config, so any trained widths predict without flags,
 and only the `params` checkpoint item is read (a shipped model may omit the optimizer state).
@@ -6,9 +12,15 @@ Batches are padded to a power of two (at most the config's eval_batch_size, larg
 chunks of it), so a process compiles once per bucket, not once per distinct batch size.
 """
 
+import importlib.resources
+import json
 import os
+import sys
 from typing import Tuple
 
+from absl import app
+from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,9 +28,10 @@ import numpy as np
 from fmnist_jax import CLASS_NAMES
 from fmnist_jax import checkpoints
 from fmnist_jax import errors
+from fmnist_jax import images as images_lib
 from fmnist_jax import input_pipeline
 from fmnist_jax import models
-from fmnist_jax import train
+from fmnist_jax import run_folder
 
 
 class Predictor:
@@ -29,7 +42,7 @@ class Predictor:
     if not os.path.isdir(self.workdir):
       raise errors.CheckpointError(f"--workdir={workdir} is not a folder; point it at a trained run "
                                    "(or leave it out for the shipped model)")
-    self.config = train.load_config(self.workdir)
+    self.config = run_folder.load_config(self.workdir)
     try:
       model = models.create_model(self.config)
       abstract_params = jax.eval_shape(
@@ -37,7 +50,7 @@ class Predictor:
       self.max_batch = int(self.config.eval_batch_size)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
       raise errors.CheckpointError(
-          f"{os.path.join(self.workdir, train.CONFIG_FILE)} does not describe a model ({type(e).__name__}: "
+          f"{run_folder.config_path(self.workdir)} does not describe a model ({type(e).__name__}: "
           f"{e}); restore the config.json the run was trained with") from e
     ckpt = checkpoints.Checkpointer(self.workdir, read_only=True)
     try:
@@ -66,3 +79,74 @@ def top_k(probabilities: np.ndarray, k: int) -> Tuple[Tuple[str, float], ...]:
   """The k most likely (class name, probability) of one image, most likely first."""
   order = np.argsort(-probabilities, kind="stable")[:k]
   return tuple((CLASS_NAMES[i], float(probabilities[i])) for i in order)
+
+
+def pretrained_dir() -> str:
+  """The shipped model's workdir, installed with the package."""
+  return str(importlib.resources.files("fmnist_jax.pretrained"))
+
+
+# --- Command line ---------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Only as a program: importing this module must not claim flag names."""
+  flags.DEFINE_string("workdir", None, "A training workdir (its config.json and checkpoints/); "
+                      "default: the shipped pretrained model.")
+  flags.DEFINE_integer("top_k", None, "Also show the K most likely classes with their probabilities.",
+                       lower_bound=1)
+  flags.DEFINE_bool("json", False, "Print one JSON object per image and line: path, predicted_class, "
+                    "class_index, probabilities (the top_k, default all, most likely first), or path and error.")
+
+
+def main(argv):
+  paths = argv[1:]
+  if not paths:
+    raise app.UsageError("pass one or more image files")
+  if not FLAGS["verbosity"].present:  # absl would log INFO; Orbax warns about every read-only restore.
+    logging.set_verbosity(logging.ERROR)
+  loaded, failed = {}, {}
+  for i, path in enumerate(paths):
+    try:
+      loaded[i] = images_lib.load_image(path)
+    except errors.ImageError as e:
+      failed[i] = str(e)
+  if loaded:
+    try:
+      predictor = Predictor(FLAGS.workdir or pretrained_dir())
+      probabilities = dict(zip(loaded, predictor.probabilities(list(loaded.values()))))
+    except errors.UserError as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      os._exit(errors.EXIT_USER_ERROR)  # pylint: disable=protected-access  # Skips teardown, where
+      # the reads Orbax abandons after a failed restore print tracebacks; nothing needs cleaning up.
+  k = FLAGS.top_k or len(CLASS_NAMES)
+  for i, path in enumerate(paths):
+    if i in failed:
+      if FLAGS.json:
+        print(json.dumps({"path": path, "error": failed[i]}))
+      else:
+        print(f"error: {failed[i]}", file=sys.stderr)
+      continue
+    top = top_k(probabilities[i], k)
+    if FLAGS.json:
+      print(json.dumps({"path": path, "predicted_class": top[0][0], "class_index": CLASS_NAMES.index(top[0][0]),
+                        "probabilities": dict(top)}))
+      continue
+    line = f"Predicted class: {top[0][0]}"
+    if FLAGS.top_k:
+      line += " (" + ", ".join(f"{name} {p:.3f}" for name, p in top) + ")"
+    print(line if len(paths) == 1 else f"{path}: {line}")
+  if failed:
+    sys.exit(errors.EXIT_USER_ERROR)
+
+
+def run() -> None:
+  """The `fmnist-predict` console script."""
+  define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

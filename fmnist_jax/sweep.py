@@ -7,10 +7,10 @@ A sweep file defines `get_sweep()` returning a list of override dicts with dotte
 (`{"model.dense_features": 512, "seed": 1}`); `--config.*` flags apply to every point. Point
 `<name>` trains in `<workdir>/<name>/` (its own checkpoints and event files, so TensorBoard on
 `<workdir>` compares the points). Points that differ only in seed and optimizer hyperparameters
-train together, vmapped over a model axis (one compiled program; `ensemble.py`), up to
-`--vmap_members` at a time; the others train one by one with `train.train_and_evaluate`, sharing
+train together, vmapped over a model axis (one compiled program; `loop.py`), up to
+`--vmap_members` at a time; the others train one by one with `loop.train_and_evaluate`, sharing
 compiled programs through XLA's persistent cache (`<workdir>/compilation_cache` unless
-`--config.compilation_cache_dir` names another).
+`--config.runtime.compilation_cache_dir` names another).
 A finished point leaves `sweep_result.json` and is skipped by a re-run with the same config; a
 killed one resumes from its newest checkpoint. `results.csv`, `results.md` and `results.png` in
 `<workdir>` are rewritten from the finished points after every group, so N processes can share a
@@ -36,9 +36,7 @@ from fmnist_jax import errors
 
 RESULT_FILE = "sweep_result.json"  # In each point's workdir once it finished.
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax.monitoring event of each XLA compile.
-ACCELERATOR_VMAP_MEMBERS = 16  # Default group size on GPU/TPU (16 base-config models fit an H200 easily).
-CPU_VMAP_MEMBERS = 1  # Default on the CPU: one by one (see default_vmap_members).
-CACHE_SUBDIR = "compilation_cache"  # The CLI's default config.compilation_cache_dir, inside the sweep folder.
+CACHE_SUBDIR = "compilation_cache"  # The CLI's default config.runtime.compilation_cache_dir, inside the sweep folder.
 METRICS = ("accuracy", "loss", "precision", "recall")  # Final evaluation on the test split.
 FIGURE_WIDTH_IN, BAR_HEIGHT_IN, DPI = 10.0, 0.35, 100
 
@@ -124,13 +122,13 @@ def point_config(base: ml_collections.ConfigDict, overrides: Dict[str, Any], whe
 
 def plan(base: ml_collections.ConfigDict, sweep_path: str, workdir: str, num_devices: int) -> List[Point]:
   """The sweep's points, every config checked before anything trains."""
-  from fmnist_jax import validation  # pylint: disable=g-import-not-at-top  # Imports flax: after flag parsing.
+  from fmnist_jax import config_checks  # pylint: disable=g-import-not-at-top  # Imports flax: after flag parsing.
   points, names = [], {}
   for i, overrides in enumerate(load_sweep(sweep_path)):
     where = f"--sweep={sweep_path} point {i} ({point_name(overrides)})"
     config = point_config(base, overrides, where)
     try:
-      validation.validate(config, num_devices)
+      config_checks.validate(config, num_devices)
     except errors.ConfigError as e:
       raise errors.ConfigError(f"{where}: {e}") from e
     name = point_name(overrides)
@@ -161,10 +159,10 @@ def _finished(point: Point) -> Optional[dict]:
 
 def groups(points: Sequence[Point], vmap_members: int) -> List[List[Point]]:
   """Points that can share one vmapped program, in sweep order, at most `vmap_members` per group."""
-  from fmnist_jax import ensemble  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
   by_key: Dict[str, List[Point]] = {}
   for p in points:
-    by_key.setdefault(ensemble.program_key(p.config), []).append(p)
+    by_key.setdefault(loop.program_key(p.config), []).append(p)
   return [members[i:i + vmap_members] for members in by_key.values()
           for i in range(0, len(members), vmap_members)]
 
@@ -189,24 +187,23 @@ def compile_seconds():
 def _train_group(group: List[Point], trainers: Dict[str, Any]) -> List[dict]:
   """Trains one group; returns each point's result record.
 
-  `trainers` keeps the ensemble trainer of the last vmapped group: the next group of the same
-  program reuses its device data and compiled programs.
+  `trainers` keeps the trainer of the last vmapped group: the next group of the same program
+  reuses its device data and compiled programs.
   """
-  from fmnist_jax import ensemble  # pylint: disable=g-import-not-at-top
-  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   with compile_seconds() as compiling:
     if len(group) == 1:
       try:
-        outcomes = [ensemble.Outcome(train.train_and_evaluate(group[0].config, group[0].workdir))]
+        outcomes = [loop.Outcome(loop.train_and_evaluate(group[0].config, group[0].workdir))]
       except errors.NonFiniteLossError as e:
-        outcomes = [ensemble.Outcome({k: float("nan") for k in METRICS}, str(e))]
+        outcomes = [loop.Outcome({k: float("nan") for k in METRICS}, str(e))]
     else:
-      key = ensemble.program_key(group[0].config)
+      key = loop.program_key(group[0].config)
       if key not in trainers:
         trainers.clear()  # One at a time: each holds the dataset on the device.
-        trainers[key] = ensemble.EnsembleTrainer(group[0].config)
-      outcomes = ensemble.train_and_evaluate_many(
+        trainers[key] = loop.Trainer(group[0].config, vmapped=True)
+      outcomes = loop.train_and_evaluate_many(
           [p.config for p in group], [p.workdir for p in group], trainers[key])
   seconds = time.perf_counter() - start
   logging.info("Group of %d trained in %.1f s, %.1f s of it compiling", len(group), seconds, compiling[0])
@@ -236,21 +233,14 @@ def _finished_records(points: Sequence[Point]) -> List[dict]:
   return [r for r in map(_finished, points) if r is not None]
 
 
-def default_vmap_members(backend: str) -> int:
-  """Measured on a 2-core CPU (base config, Eigen kernels): a vmapped step cost ~24% more CPU per
-  model than a single run's, whose convolutions vmap turns into grouped ones; one by one, runs share
-  their programs through the compilation cache instead. On GPU a prototype measured vmapping 16
-  models ~10% faster per model than one by one."""
-  return CPU_VMAP_MEMBERS if backend == "cpu" else ACCELERATOR_VMAP_MEMBERS
-
-
 def run_sweep(base: ml_collections.ConfigDict, sweep_path: str, workdir: str,
               vmap_members: Optional[int] = None, part: Tuple[int, int] = (0, 1)) -> List[dict]:
   """Trains the unfinished points of the sweep (of groups part[0], part[0] + part[1], ...), writes the
   results of every finished point, and returns their records in sweep order."""
   import jax  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import runtime  # pylint: disable=g-import-not-at-top
   if vmap_members is None:
-    vmap_members = default_vmap_members(jax.default_backend())
+    vmap_members = runtime.resolve(base.runtime).vmap_members
   if vmap_members < 1:
     raise errors.ConfigError(f"--vmap_members={vmap_members} must be >= 1 (1 trains every point alone)")
   points = plan(base, sweep_path, workdir, jax.device_count())
@@ -355,7 +345,7 @@ def _define_flags() -> None:
   flags.DEFINE_string("sweep", None, "Sweep file: get_sweep() returns a list of override dicts.")
   flags.DEFINE_integer("vmap_members", None, "Most points trained together as one vmapped program "
                        "(points differing only in seed and optimizer hyperparameters); 1 trains each alone. "
-                       f"Default: {ACCELERATOR_VMAP_MEMBERS} on GPU/TPU, {CPU_VMAP_MEMBERS} on the CPU.")
+                       "Default: 16 on GPU/TPU, 1 on the CPU (fmnist_jax/runtime.py).")
   flags.DEFINE_string("part", "0/1", "I/N: train only groups I, I+N, I+2N, ... of the sweep, e.g. one "
                       "process per GPU (CUDA_VISIBLE_DEVICES=I ... --part=I/N).")
   flags.mark_flag_as_required("sweep")
@@ -364,15 +354,21 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
-  cli.prepare_process()
   flag_values = flags.FLAGS
-  if flag_values.config.compilation_cache_dir is None:  # Points trained one by one load, not compile, their programs.
-    flag_values.config.compilation_cache_dir = os.path.join(os.path.abspath(flag_values.workdir), CACHE_SUBDIR)
+  if flag_values.config.runtime.compilation_cache_dir is None:  # Points trained one by one load, not compile, their programs.
+    flag_values.config.runtime.compilation_cache_dir = os.path.join(os.path.abspath(flag_values.workdir), CACHE_SUBDIR)
+  from fmnist_jax import main as cli  # pylint: disable=g-import-not-at-top
+  cli.prepare_process()
   errors.exit_on_error(lambda: run_sweep(flag_values.config, flag_values.sweep, flag_values.workdir,
                                          flag_values.vmap_members, parse_part(flag_values.part)))
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `fmnist-sweep` console script."""
   from fmnist_jax import main as cli  # pylint: disable=g-import-not-at-top  # --config, --workdir, --distributed.
   _define_flags()
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -50,9 +50,8 @@ def fmnist():
 
 def tiny_config(**overrides):
   """The base config with a small model and short schedule: seconds per run on 2 CPU cores."""
-  sys.path.insert(0, REPO)
-  from experiments import base
-  config = base.get_config()
+  from fmnist_jax import run_folder
+  config = run_folder.default_config()
   config.model.conv_features = (8, 16)
   config.model.dense_features = 32
   config.batch_size = 100
@@ -81,6 +80,6 @@ def run_module(args, env=None, timeout=900):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
   """(workdir, final eval metrics) of one trained tiny run, shared read-only by the tests that read runs."""
-  from fmnist_jax import train
+  from fmnist_jax import loop
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
-  return workdir, train.train_and_evaluate(tiny_config(), workdir)
+  return workdir, loop.train_and_evaluate(tiny_config(), workdir)

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
+from fmnist_jax import run_folder
+from fmnist_jax import loop
 from fmnist_jax import checkpoints
-from fmnist_jax import ensemble
 from fmnist_jax import train
 from tests.conftest import tiny_config
 
@@ -19,7 +20,7 @@ DIVERGING_LR = 1e20  # Adam moves every weight by ~lr on its first step: the nex
 
 def final_params(workdir):
   """(step, params) of a workdir's newest checkpoint."""
-  config = train.load_config(workdir)
+  config = run_folder.load_config(workdir)
   abstract = jax.eval_shape(lambda: train.create_train_state(config, jax.random.PRNGKey(0)).params)
   return checkpoints.Checkpointer(workdir, read_only=True).restore_params(abstract)
 
@@ -40,7 +41,7 @@ def members(tmp_path_factory):
   configs = [tiny_config(seed=1, learning_rate=DIVERGING_LR, eval_every_steps=num_steps),
              tiny_config(eval_every_steps=num_steps)]
   workdirs = [str(root / "diverging"), str(root / "tiny")]
-  return configs, workdirs, ensemble.train_and_evaluate_many(configs, workdirs)
+  return configs, workdirs, loop.train_and_evaluate_many(configs, workdirs)
 
 
 def test_member_equals_the_single_run_with_its_seed_and_learning_rate(members, tiny_run):
@@ -75,7 +76,7 @@ def test_members_at_different_steps_resume_in_separate_groups(members, tmp_path,
       if step > keep_through:
         shutil.rmtree(os.path.join(copy, checkpoints.CHECKPOINT_SUBDIR, str(step)))
   with caplog.at_level(logging.INFO):
-    outcomes = ensemble.train_and_evaluate_many([configs[1], configs[1]], copies)
+    outcomes = loop.train_and_evaluate_many([configs[1], configs[1]], copies)
   assert "1 member(s) resume from step 10" in caplog.text and "1 member(s) resume from step 20" in caplog.text
   assert [o.error for o in outcomes] == [None, None]
   for copy in copies:
@@ -83,7 +84,7 @@ def test_members_at_different_steps_resume_in_separate_groups(members, tmp_path,
 
 
 def test_program_key_ignores_only_seed_and_optimizer_hyperparameters():
-  key = ensemble.program_key(tiny_config())
-  assert ensemble.program_key(tiny_config(seed=3, learning_rate=0.1, b1=0.5, b2=0.9, eps=1e-3)) == key
-  assert ensemble.program_key(tiny_config(batch_size=50)) != key
-  assert ensemble.program_key(tiny_config(**{"model.dense_features": 64})) != key
+  key = loop.program_key(tiny_config())
+  assert loop.program_key(tiny_config(seed=3, learning_rate=0.1, b1=0.5, b2=0.9, eps=1e-3)) == key
+  assert loop.program_key(tiny_config(batch_size=50)) != key
+  assert loop.program_key(tiny_config(**{"model.dense_features": 64})) != key

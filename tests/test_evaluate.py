@@ -10,6 +10,7 @@ from PIL import Image
 import pytest
 
 import fmnist_jax
+from fmnist_jax import run_folder
 from fmnist_jax import checkpoints
 from fmnist_jax import errors
 from fmnist_jax import evaluate
@@ -21,7 +22,7 @@ from tests.conftest import run_module
 
 def _independent_logits(workdir, images):
   """The restored model's logits, computed here without any evaluate code."""
-  config = train.load_config(workdir)
+  config = run_folder.load_config(workdir)
   model = models.create_model(config)
   abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1), np.float32))["params"]
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)

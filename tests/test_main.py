@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from fmnist_jax import runtime
 from fmnist_jax import errors
 from tests.conftest import REPO, run_module
 from tests.test_train import read_scalars
@@ -53,7 +54,7 @@ def test_training_without_tensorflow_writes_the_same_event_files(tmp_path, manua
 def test_compilation_cache_lets_a_second_run_compile_nothing_new(tmp_path):
   cache = tmp_path / "xla_cache"
   tiny = ["--config.num_train_steps=2", "--config.model.conv_features=(8, 8)", "--config.model.dense_features=32",
-          f"--config.compilation_cache_dir={cache}"]
+          f"--config.runtime.compilation_cache_dir={cache}"]
   first = _main(str(tmp_path / "first"), *tiny)
   assert first.returncode == 0, first.stderr[-3000:]
   entries = sorted(os.listdir(cache))

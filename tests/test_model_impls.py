@@ -6,16 +6,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fmnist_jax import runtime
 from fmnist_jax import errors
 from fmnist_jax import models
 from fmnist_jax import train
-from fmnist_jax import validation
+from fmnist_jax import config_checks
 from tests.conftest import tiny_config
 
 
 def test_conv_impls_share_parameters_outputs_and_gradients(fmnist):
-  xla = models.create_model(tiny_config(conv_impl="xla"))
-  im2col = models.create_model(tiny_config(conv_impl="im2col"))
+  xla = models.create_model(tiny_config(**{"runtime.conv_impl": "xla"}))
+  im2col = models.create_model(tiny_config(**{"runtime.conv_impl": "im2col"}))
   assert (xla.conv_impl, im2col.conv_impl) == ("xla", "im2col")
   images = jnp.asarray(fmnist["test"].images[:8], jnp.float32) / 255.0
   labels = jnp.asarray(fmnist["test"].labels[:8])
@@ -52,12 +53,12 @@ def test_strided_max_pool_matches_flax_bitwise_ties_included(shape, window):
 
 def test_auto_choices_and_unknown_names():
   cpu = jax.default_backend() == "cpu"
-  assert models.resolve_conv_impl(tiny_config(fuse_steps="auto")) == "xla"
-  assert models.resolve_conv_impl(tiny_config(fuse_steps="on")) == ("im2col" if cpu else "xla")
-  assert models.resolve_pool_impl(tiny_config()) == ("slices" if cpu else "xla")
+  assert runtime.resolve(tiny_config(**{"runtime.fuse_steps": "auto"}).runtime).conv_impl == "xla"
+  assert runtime.resolve(tiny_config(**{"runtime.fuse_steps": "on"}).runtime).conv_impl == ("im2col" if cpu else "xla")
+  assert runtime.resolve(tiny_config().runtime).pool_impl == ("slices" if cpu else "xla")
   for field in ("conv_impl", "pool_impl"):
     with pytest.raises(errors.ConfigError, match=field):
-      validation.validate(tiny_config(**{field: "fft"}), 1)
+      config_checks.validate(tiny_config(**{f"runtime.{field}": "fft"}), 1)
 
 
 def test_cpu_ynn_fusions_hands_only_the_named_ops_to_ynnpack():
@@ -65,17 +66,17 @@ def test_cpu_ynn_fusions_hands_only_the_named_ops_to_ynnpack():
   def compiled(config):
     step = lambda x, w: jnp.tanh(jax.lax.conv_general_dilated(
         x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))).reshape(4, -1) @ jnp.ones((1568, 3))
-    return jax.jit(step, compiler_options=train.compiler_options(config)).lower(x, w).compile().as_text()
+    return jax.jit(step, compiler_options=runtime.resolve(config.runtime).compiler_options).lower(x, w).compile().as_text()
   if jax.default_backend() != "cpu":
-    assert train.compiler_options(tiny_config()) is None
+    assert runtime.resolve(tiny_config().runtime).compiler_options is None
     return
   fusions = lambda text: [line for line in text.splitlines() if '"__ynn_fusion"' in line]
-  (dot_fusion,) = fusions(compiled(tiny_config(cpu_ynn_fusions="dot")))  # The dot, not the convolution.
+  (dot_fusion,) = fusions(compiled(tiny_config(**{"runtime.cpu_ynn_fusions": "dot"})))  # The dot, not the convolution.
   assert '/dot_general"' in dot_fusion  # Its op_name.
-  assert not fusions(compiled(tiny_config(cpu_ynn_fusions="")))  # Eigen for everything.
-  assert train.compiler_options(tiny_config(cpu_ynn_fusions=None)) is None  # jaxlib's own choice.
+  assert not fusions(compiled(tiny_config(**{"runtime.cpu_ynn_fusions": ""})))  # Eigen for everything.
+  assert runtime.resolve(tiny_config(**{"runtime.cpu_ynn_fusions": None}).runtime).compiler_options is None  # jaxlib's own choice.
   with pytest.raises(errors.ConfigError, match="cpu_ynn_fusions"):
-    validation.validate(tiny_config(cpu_ynn_fusions="dot,winograd"), 1)
+    config_checks.validate(tiny_config(**{"runtime.cpu_ynn_fusions": "dot,winograd"}), 1)
 
 
 def test_default_cpu_options_sum_bias_gradients_without_reduce_window():
@@ -84,7 +85,7 @@ def test_default_cpu_options_sum_bias_gradients_without_reduce_window():
   if jax.default_backend() != "cpu":
     return
   x = jnp.ones((250, 28, 28, 64))
-  hlo = lambda config: jax.jit(lambda x: x.sum((0, 1, 2)), compiler_options=train.compiler_options(config)).lower(
+  hlo = lambda config: jax.jit(lambda x: x.sum((0, 1, 2)), compiler_options=runtime.resolve(config.runtime).compiler_options).lower(
       x).compile().as_text()
-  assert "reduce-window" in hlo(tiny_config(cpu_ynn_fusions="dot"))
+  assert "reduce-window" in hlo(tiny_config(**{"runtime.cpu_ynn_fusions": "dot"}))
   assert "reduce-window" not in hlo(tiny_config())

@@ -23,14 +23,15 @@ CONFIG_ARGS = {"batch_size": 96, "num_train_steps": STEPS, "eval_every_steps": S
 EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     import functools, json, sys
     import jax
-    from fmnist_jax import ensemble, input_pipeline, parallel, train
+    from fmnist_jax import loop
+from fmnist_jax import ensemble, input_pipeline, parallel, train
     from tests.conftest import tiny_config
     root, config_args = sys.argv[1], json.loads(sys.argv[2])
     config = tiny_config(**config_args)
-    metrics = train.train_and_evaluate(config, root + "/single")
-    outcomes = ensemble.train_and_evaluate_many(
+    metrics = loop.train_and_evaluate(config, root + "/single")
+    outcomes = loop.train_and_evaluate_many(
         [config, tiny_config(seed=1, **config_args)], [root + "/member0", root + "/member1"])
-    trainer = train.Trainer(config, "")
+    trainer = loop.Trainer(config)
     step = jax.jit(functools.partial(train.train_steps, batch_size=config.batch_size, mesh=trainer.mesh))
     hlo = step.lower(trainer.abstract_state(), trainer.train_images, trainer.train_labels,
                      jax.numpy.arange(trainer.num_train), 0, 1).compile().as_text()
@@ -53,7 +54,7 @@ def one_device_run(tmp_path_factory):
   import jax  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == 1
   workdir = str(tmp_path_factory.mktemp("one_device"))
-  return workdir, train.train_and_evaluate(tiny_config(**CONFIG_ARGS), workdir)
+  return workdir, loop.train_and_evaluate(tiny_config(**CONFIG_ARGS), workdir)
 
 
 def test_parallel_eight_fake_devices_split_the_batch(eight_device_runs):

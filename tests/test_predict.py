@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from fmnist_jax import loop
 from fmnist_jax import CLASS_NAMES
 from fmnist_jax import errors
 from fmnist_jax import images
@@ -33,7 +34,7 @@ def narrow(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("narrow"))
   config = tiny_config(**{"model.conv_features": (4, 8), "model.kernel_size": (3, 3),
                           "model.dense_features": 16, "num_train_steps": 10})
-  final = train.train_and_evaluate(config, workdir)
+  final = loop.train_and_evaluate(config, workdir)
   for item in glob.glob(os.path.join(workdir, "checkpoints", "*", "train")):
     shutil.rmtree(item)
   return workdir, final

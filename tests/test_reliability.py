@@ -28,12 +28,14 @@ from PIL import Image
 import pytest
 from tensorboard.compat.proto import event_pb2
 
+from fmnist_jax import runtime
+from fmnist_jax import run_folder
+from fmnist_jax import loop
 from fmnist_jax import checkpoints
-from fmnist_jax import determinism
 from fmnist_jax import errors
 from fmnist_jax import images
 from fmnist_jax import train
-from fmnist_jax import validation
+from fmnist_jax import config_checks
 from tests.conftest import REPO, tiny_config
 
 NO_TENSORFLOW = os.path.join(os.path.dirname(os.path.abspath(__file__)), "no_tensorflow")
@@ -113,7 +115,7 @@ def _no_stray_processes():
 
 def final_state(workdir):
   """(step, TrainState) of the newest good checkpoint of `workdir`, restored as training does."""
-  config = train.load_config(workdir)
+  config = run_folder.load_config(workdir)
   abstract = jax.eval_shape(functools.partial(train.create_train_state, config), jax.random.PRNGKey(0))
   return checkpoints.Checkpointer(workdir, read_only=True).restore_latest(abstract)
 
@@ -172,7 +174,7 @@ def reference(tmp_path_factory, xla_cache):
   """The command run to the end without interruption, and alongside it the same command with
   config.deterministic on (for the determinism test). Both compile their programs afresh."""
   workdir, twin = (str(tmp_path_factory.mktemp(name)) for name in ("reference", "twin"))
-  runs = [Training(workdir, env=xla_cache), Training(twin, "--config.deterministic=True")]
+  runs = [Training(workdir, env=xla_cache), Training(twin, "--config.runtime.deterministic=True")]
   for run in runs:
     assert run.finish() == 0, run.log()
   step, state = final_state(workdir)
@@ -184,7 +186,7 @@ def reference(tmp_path_factory, xla_cache):
 
 
 def test_two_runs_with_one_seed_are_bitwise_identical(reference):
-  assert f"Deterministic GPU kernels: XLA_FLAGS={determinism.XLA_FLAG}" in reference["twin_log"]
+  assert f"Deterministic GPU kernels: XLA_FLAGS={runtime.DETERMINISTIC_XLA_FLAG}" in reference["twin_log"]
   step, state = final_state(reference["twin"])
   assert step == NUM_STEPS
   assert_bitwise_equal(reference["state"], state)
@@ -194,9 +196,9 @@ def test_deterministic_config_without_the_xla_flag_is_refused(monkeypatch):
   """In-process callers of train cannot get it silently ignored: XLA reads its flags only once."""
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   with pytest.raises(errors.ConfigError, match="xla_gpu_deterministic_ops"):
-    validation.validate(tiny_config(deterministic=True), 1)
-  monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=1 {determinism.XLA_FLAG}")
-  validation.validate(tiny_config(deterministic=True), 1)
+    config_checks.validate(tiny_config(**{"runtime.deterministic": True}), 1)
+  monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=1 {runtime.DETERMINISTIC_XLA_FLAG}")
+  config_checks.validate(tiny_config(**{"runtime.deterministic": True}), 1)
 
 
 # --- kill -9 ----------------------------------------------------------------------------------
@@ -312,7 +314,7 @@ def test_damaged_latest_checkpoint_falls_back_with_a_warning_and_keeps_every_fil
   damage(os.path.join(ckpt_dir, str(NUM_STEPS)))
   before = file_contents(ckpt_dir)
 
-  config = train.load_config(workdir)
+  config = run_folder.load_config(workdir)
   abstract = jax.eval_shape(functools.partial(train.create_train_state, config), jax.random.PRNGKey(0))
   # Predict's read-only restore skips the damaged step and changes nothing.
   assert checkpoints.Checkpointer(workdir, read_only=True).restore_params(abstract.params)[0] == restored_step
@@ -367,7 +369,7 @@ def test_nan_loss_exits_3_naming_the_last_good_checkpoint_and_halt_on_nan_false_
   step, state = final_state(workdir)
   assert step == 1 and all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
-  run = Training(workdir, *nan_flags, "--config.halt_on_nan=False", env=xla_cache)
+  run = Training(workdir, *nan_flags, "--config.runtime.halt_on_nan=False", env=xla_cache)
   assert run.finish() == 0, run.log()
   assert run.logged("Resuming from step 1") and run.logged("Final evaluation at step 4")
   step, state = final_state(workdir)
@@ -418,7 +420,7 @@ def _under_a_file(tmp_path):
 def test_bad_config_is_one_line_before_any_work(tmp_path, overrides, field):
   workdir = str(tmp_path / "run")
   with pytest.raises(errors.ConfigError) as raised:
-    train.train_and_evaluate(tiny_config(**overrides), workdir)
+    loop.train_and_evaluate(tiny_config(**overrides), workdir)
   assert f"config.{field}=" in str(raised.value) and "\n" not in str(raised.value)
   assert not os.path.exists(workdir)
 
@@ -426,7 +428,7 @@ def test_bad_config_is_one_line_before_any_work(tmp_path, overrides, field):
 def test_unwritable_workdir_is_one_line(tmp_path):
   workdir = _under_a_file(tmp_path)
   with pytest.raises(errors.ConfigError, match="--workdir"):
-    train.train_and_evaluate(tiny_config(), workdir)
+    loop.train_and_evaluate(tiny_config(), workdir)
 
 
 @pytest.mark.parametrize("flags, env, expected", [

@@ -10,6 +10,8 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
+from fmnist_jax import run_folder
+from fmnist_jax import loop
 from fmnist_jax import checkpoints
 from fmnist_jax import errors
 from fmnist_jax import input_pipeline
@@ -26,7 +28,7 @@ def read_scalars(logdir):
 
 
 def final_params(workdir):
-  config = train.load_config(workdir)
+  config = run_folder.load_config(workdir)
   abstract = jax.eval_shape(lambda: train.create_train_state(config, jax.random.PRNGKey(0)).params)
   return checkpoints.Checkpointer(workdir, read_only=True).restore_params(abstract)
 
@@ -72,7 +74,7 @@ def test_eval_step_ignores_masked_rows(fmnist):
 
 def test_run_logs_evaluates_and_checkpoints_on_schedule(tmp_path):
   workdir = str(tmp_path / "run")
-  final = train.train_and_evaluate(tiny_config(num_train_steps=25, eval_every_steps=10,
+  final = loop.train_and_evaluate(tiny_config(num_train_steps=25, eval_every_steps=10,
                                                log_every_steps=10, checkpoint_every_steps=20), workdir)
   evals = read_scalars(os.path.join(workdir, "eval"))
   trains = read_scalars(os.path.join(workdir, "train"))
@@ -83,16 +85,16 @@ def test_run_logs_evaluates_and_checkpoints_on_schedule(tmp_path):
   assert evals["accuracy"][25] == pytest.approx(final["accuracy"])
   assert final["accuracy"] > 0.5  # 25 steps of a tiny model on real data: well above chance (0.1).
   assert checkpoints.Checkpointer(workdir, read_only=True).steps() == [25, 20]
-  assert train.load_config(workdir).model.conv_features == [8, 16]
+  assert run_folder.load_config(workdir).model.conv_features == [8, 16]
   assert glob.glob(os.path.join(workdir, "train", "events.out.tfevents.*"))
 
 
 def test_stop_and_resume_equals_straight_training_bitwise(tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  train.train_and_evaluate(tiny_config(num_train_steps=30), straight)
-  train.train_and_evaluate(tiny_config(num_train_steps=20), resumed)
+  loop.train_and_evaluate(tiny_config(num_train_steps=30), straight)
+  loop.train_and_evaluate(tiny_config(num_train_steps=20), resumed)
   assert checkpoints.Checkpointer(resumed, read_only=True).steps()[0] == 20
-  train.train_and_evaluate(tiny_config(num_train_steps=30), resumed)
+  loop.train_and_evaluate(tiny_config(num_train_steps=30), resumed)
   (step_a, a), (step_b, b) = final_params(straight), final_params(resumed)
   assert step_a == step_b == 30
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -103,58 +105,34 @@ def test_resume_crosses_an_epoch_boundary_with_the_same_data_order(tmp_path):
   # 60000 / 2000 = 30 steps per epoch: stop inside epoch 0 and resume into epoch 1.
   config = dict(batch_size=2000, num_train_steps=40, checkpoint_every_steps=10)
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  train.train_and_evaluate(tiny_config(**config), straight)
-  train.train_and_evaluate(tiny_config(**{**config, "num_train_steps": 20}), resumed)
-  train.train_and_evaluate(tiny_config(**config), resumed)
+  loop.train_and_evaluate(tiny_config(**config), straight)
+  loop.train_and_evaluate(tiny_config(**{**config, "num_train_steps": 20}), resumed)
+  loop.train_and_evaluate(tiny_config(**config), resumed)
   for x, y in zip(jax.tree.leaves(final_params(straight)[1]), jax.tree.leaves(final_params(resumed)[1])):
     np.testing.assert_array_equal(x, y)
 
 
 def test_finished_run_rerun_only_evaluates(tmp_path):
   workdir = str(tmp_path / "run")
-  first = train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
-  again = train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  first = loop.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  again = loop.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
   assert again == pytest.approx(first)
   assert checkpoints.Checkpointer(workdir, read_only=True).steps() == [10]
 
 
 def test_workdir_of_another_model_is_refused(tmp_path):
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  loop.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
   with pytest.raises(errors.CheckpointError, match="model.dense_features=32"):
-    train.train_and_evaluate(tiny_config(**{"model.dense_features": 64}), workdir)
+    loop.train_and_evaluate(tiny_config(**{"model.dense_features": 64}), workdir)
 
 
 def test_resume_takes_the_configs_learning_rate(tmp_path):
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  loop.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
   _, before = final_params(workdir)
-  train.train_and_evaluate(tiny_config(num_train_steps=20, learning_rate=0.0), workdir)
+  loop.train_and_evaluate(tiny_config(num_train_steps=20, learning_rate=0.0), workdir)
   step, after = final_params(workdir)
   assert step == 20
   for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
     np.testing.assert_array_equal(x, y)  # Adam with step size 0 leaves the parameters alone.
-
-
-def test_config_saved_before_newer_fields_takes_their_defaults(tmp_path):
-  (tmp_path / "config.json").write_text('{"seed": 7, "data": {"dataset": "fashion_mnist", "manual_dir": "/m"}}')
-  config = train.load_config(str(tmp_path))
-  assert config.seed == 7 and config.data.manual_dir == "/m"  # Saved values win ...
-  assert config.data.source == "auto" and config.pool_impl == "auto"  # ... missing ones are base.py's.
-  assert config.batch_size == train.default_config().batch_size
-
-
-def test_shipped_pretrained_config_loads_whole():
-  config = train.load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "pretrained"))
-  assert set(json_keys(train.default_config())) <= set(json_keys(config))
-
-
-def json_keys(config, prefix=""):
-  for key, value in config.items():
-    yield from json_keys(value, f"{prefix}{key}.") if hasattr(value, "items") else [prefix + key]
-
-
-def test_config_that_is_not_an_object_is_a_clear_error(tmp_path):
-  (tmp_path / "config.json").write_text("[1, 2]")
-  with pytest.raises(errors.CheckpointError, match="not a config"):
-    train.load_config(str(tmp_path))

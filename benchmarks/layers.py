@@ -2,20 +2,24 @@
 JAX (as the training step compiles it) and in PyTorch, timed on the same inputs in the same run.
 
 The whole-step benchmark says who is faster; this says which layer makes the difference. Each JAX op
-is jitted with the run's XLA options (`train.compiler_options`) and its result is checked against
+is jitted with the run's XLA options (`runtime.resolve(...).compiler_options`) and its result is checked against
 PyTorch's before anything is timed, so both sides compute the same thing.
 """
 
+import json
 import statistics
 import time
 from typing import Callable, Dict, List, NamedTuple, Sequence
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ml_collections import config_flags
 
 from fmnist_jax import errors
-from fmnist_jax import train
+from fmnist_jax import runtime
 
 IMAGE_SHAPE = (28, 28, 1)  # Fashion-MNIST, NHWC without the batch.
 
@@ -87,7 +91,7 @@ def run(config, repeats: int = 11) -> Dict:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise errors.UserError(f"the layer benchmark needs PyTorch ({e}); install it with `pip install -e .[bench]`") from e
-  options = train.compiler_options(config)
+  options = runtime.resolve(config.runtime).compiler_options
   result = {"backend": jax.default_backend(), "jax_version": jax.__version__, "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(), "batch_size": config.batch_size,
             "xla_options": options, "repeats": repeats, "ops": {}}
@@ -110,3 +114,28 @@ def run(config, repeats: int = 11) -> Dict:
   result["jax_total_ms"] = round(sum(o["jax_ms"] for o in result["ops"].values()), 2)
   result["torch_total_ms"] = round(sum(o["torch_ms"] for o in result["ops"].values()), 2)
   return result
+
+
+# --- Command line ---------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Only as a program: the tests import this module."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
+                                  lock_config=True)
+  flags.DEFINE_integer("repeats", 11, "Timed calls per op; the median is reported.")
+  flags.mark_flag_as_required("config")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
+  runtime.prepare_process(FLAGS.config.runtime)  # Before any JAX work; PyTorch in the same process gets it too.
+  print(json.dumps(errors.exit_on_error(lambda: run(FLAGS.config, FLAGS.repeats))))
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -1,4 +1,6 @@
-"""Training speed of the real training path (`train.Trainer`), optionally beside PyTorch in one run.
+"""Training speed of the real training path (`loop.Trainer`), optionally beside PyTorch in one run:
+python -m benchmarks.speed --config=experiments/base.py [--steps=N] [--compare=torch] [--config.F=V ...]
+prints one JSON line.
 
 Steps run in the same calls as the training loop (fused: the steps between two log/eval/checkpoint
 points; step by step: one step), after one warm-up step that compiles the program. The step time is
@@ -7,22 +9,26 @@ comparison, JAX and PyTorch calls alternate, from the same initial parameters on
 so both see the same load and do the same work.
 """
 
+import json
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
+from absl import app
+from absl import flags
 import jax
 import numpy as np
+from ml_collections import config_flags
 
+from fmnist_jax import config_checks
 from fmnist_jax import errors
 from fmnist_jax import input_pipeline
+from fmnist_jax import loop
 from fmnist_jax import metrics as metrics_lib
 from fmnist_jax import models
-from fmnist_jax import train
-from fmnist_jax import validation
+from fmnist_jax import runtime
 
 COMPARE = ("torch",)
 
@@ -36,7 +42,7 @@ def timed_windows(config, steps_per_epoch: int, num_steps: int, fused: bool) -> 
     return [(step, step + 1) for step in range(1, num_steps + 1)]
   windows, step = [], 1
   while step <= num_steps:
-    end = train.next_boundary(step, num_steps + 1, steps_per_epoch, config)
+    end = loop.next_boundary(step, num_steps + 1, steps_per_epoch, config)
     windows.append((step, end))
     step = end
   return windows
@@ -52,9 +58,9 @@ def _median_ms(windows: List[Tuple[int, float]]) -> float:
   return statistics.median(seconds / steps for steps, seconds in windows) * 1e3
 
 
-def _torch_trainer(config, trainer: train.Trainer, init_params, allow_tf32: bool):
+def _torch_trainer(config, trainer: loop.Trainer, init_params, allow_tf32: bool):
   try:
-    from fmnist_jax import torch_reference  # pylint: disable=g-import-not-at-top  # Optional extra.
+    from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top  # Optional extra.
   except ImportError as e:
     raise errors.UserError(f"--compare=torch needs PyTorch ({e}); install it with "
                            "`pip install -e .[bench]`") from e
@@ -62,29 +68,28 @@ def _torch_trainer(config, trainer: train.Trainer, init_params, allow_tf32: bool
   return torch_reference.TorchTrainer(config, images, labels, init_params, allow_tf32)
 
 
-def describe(config, trainer: train.Trainer) -> Dict:
+def describe(config, trainer: loop.Trainer) -> Dict:
   """What was measured: platform, versions and the resolved speed options."""
-  model = models.create_model(config)
+  model = models.create_model(config, trainer.runtime)
   return {
       "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
       "num_devices": jax.device_count(), "jax_version": jax.__version__,
       "batch_size": config.batch_size, "dtype": config.dtype, "fused": trainer.fused,
       "conv_impl": model.conv_impl, "pool_impl": model.pool_impl,
-      "xla_options": train.compiler_options(config),
+      "xla_options": trainer.runtime.compiler_options,
       "matmul_precision": jax.config.jax_default_matmul_precision or "default",
   }
 
 
 def run(config, steps: Optional[int] = None, compare: Optional[str] = None) -> Dict:
   """Benchmarks `steps` timed training steps (default: one epoch) and returns the results."""
-  validation.validate(config, jax.device_count())
-  train.use_compilation_cache(config)  # compile_s then measures a cache load where one exists.
+  config_checks.validate(config, jax.device_count())
+  runtime.use_compilation_cache(config.runtime)  # compile_s then measures a cache load where one exists.
   if steps is not None and steps <= 0:
     raise errors.ConfigError(f"--steps={steps} must be a positive number of timed steps")
   if compare not in (None,) + COMPARE:
     raise errors.ConfigError(f"--compare={compare} must be one of {COMPARE}")
-  with tempfile.TemporaryDirectory() as workdir:  # The trainer writes nothing; it only needs a name.
-    trainer = train.Trainer(config, workdir)
+  trainer = loop.Trainer(config)
   steps = steps or trainer.steps_per_epoch
   result = {**describe(config, trainer), "steps": steps}
   state = trainer.initial_state()
@@ -144,3 +149,29 @@ def run(config, steps: Optional[int] = None, compare: Optional[str] = None) -> D
     if reference.device.type == "cuda":
       result["torch_tf32"] = torch.backends.cuda.matmul.allow_tf32
   return result
+
+
+# --- Command line ---------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Only as a program: the tests import this module."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
+                                  lock_config=True)
+  flags.DEFINE_integer("steps", None, "Timed training steps after the warm-up step (default: one epoch).")
+  flags.DEFINE_enum("compare", None, ["torch"], "Also train the PyTorch reference in the same run.")
+  flags.mark_flag_as_required("config")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
+  runtime.prepare_process(FLAGS.config.runtime)  # Before any JAX work; PyTorch in the same process gets it too.
+  print(json.dumps(errors.exit_on_error(lambda: run(FLAGS.config, FLAGS.steps, FLAGS.compare))))
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fmnist_jax import errors
-from fmnist_jax import layer_benchmark
+from benchmarks import layers as layer_benchmark
 from tests.conftest import run_module, tiny_config
 
 pytest.importorskip("torch")  # The optional `bench` extra (installed by scripts/bootstrap.sh).

@@ -1,18 +1,12 @@
 """Checks a config before any work starts, so a bad one costs one line, not a crashed run."""
 
 import os
-from typing import List
-
 import flax.linen as nn
 
-from fmnist_jax import determinism
 from fmnist_jax import errors
+from fmnist_jax import runtime
 
 DTYPES = ("float32", "bfloat16")
-CONV_IMPLS = ("auto", "xla", "im2col")
-POOL_IMPLS = ("auto", "xla", "slices")
-YNN_FUSIONS = ("dot", "eltwise", "reduce", "individual_dot", "individual_convolution")  # XLA's LibraryFusionType names.
-FUSE_MODES = ("auto", "on", "off")
 DATA_SOURCES = ("auto", "tfds", "idx")
 TRAIN_EXAMPLES = 60_000  # Size of the Fashion-MNIST training split.
 
@@ -23,11 +17,6 @@ def _positive(config, name: str) -> None:
     value = value[part]
   if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
     raise errors.ConfigError(f"config.{name}={value!r} must be a positive integer")
-
-
-def cpu_ynn_fusions(config) -> List[str]:
-  """The names in config.cpu_ynn_fusions ("dot,reduce" -> ["dot", "reduce"]; "" -> [])."""
-  return [name for name in config.cpu_ynn_fusions.split(",") if name]
 
 
 def validate(config, num_devices: int) -> None:
@@ -50,18 +39,7 @@ def validate(config, num_devices: int) -> None:
                              "activation; use e.g. 'elu', 'relu', 'gelu'")
   if config.dtype not in DTYPES:
     raise errors.ConfigError(f"config.dtype={config.dtype!r} must be one of {DTYPES}")
-  if config.conv_impl not in CONV_IMPLS:
-    raise errors.ConfigError(f"config.conv_impl={config.conv_impl!r} must be one of {CONV_IMPLS}")
-  if config.pool_impl not in POOL_IMPLS:
-    raise errors.ConfigError(f"config.pool_impl={config.pool_impl!r} must be one of {POOL_IMPLS}")
-  if config.cpu_ynn_fusions is not None and not set(cpu_ynn_fusions(config)) <= set(YNN_FUSIONS):
-    raise errors.ConfigError(f"config.cpu_ynn_fusions={config.cpu_ynn_fusions!r} must be a comma list of "
-                             f"{', '.join(YNN_FUSIONS)} (\"\": none)")
-  if config.deterministic and not determinism.enabled():
-    raise errors.ConfigError(f"config.deterministic=True needs XLA_FLAGS={determinism.XLA_FLAG} before jax "
-                             "starts: train with fmnist_jax.main, or export XLA_FLAGS yourself")
-  if config.fuse_steps not in FUSE_MODES:
-    raise errors.ConfigError(f"config.fuse_steps={config.fuse_steps!r} must be one of {FUSE_MODES}")
+  check_runtime(config.runtime)
   if config.data.source not in DATA_SOURCES:
     raise errors.ConfigError(f"config.data.source={config.data.source!r} must be one of {DATA_SOURCES}")
   if config.batch_size > TRAIN_EXAMPLES:
@@ -77,11 +55,15 @@ def validate(config, num_devices: int) -> None:
                              "the folder holding the four Fashion-MNIST .gz files")
 
 
-def check_workdir(workdir: str) -> None:
-  """The workdir must be creatable and writable before training starts."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise errors.ConfigError(f"--workdir={workdir}: cannot create it ({e.strerror}); choose a writable folder") from e
-  if not os.access(workdir, os.W_OK | os.X_OK):
-    raise errors.ConfigError(f"--workdir={workdir} is not writable; choose a writable folder")
+def check_runtime(rt) -> None:
+  """config.runtime: the execution settings (fmnist_jax/runtime.py)."""
+  for name, allowed in (("fuse_steps", runtime.FUSE_MODES), ("conv_impl", runtime.CONV_IMPLS),
+                        ("pool_impl", runtime.POOL_IMPLS)):
+    if rt[name] not in allowed:
+      raise errors.ConfigError(f"config.runtime.{name}={rt[name]!r} must be one of {allowed}")
+  if rt.cpu_ynn_fusions is not None and not set(runtime.ynn_fusions(rt)) <= set(runtime.YNN_FUSIONS):
+    raise errors.ConfigError(f"config.runtime.cpu_ynn_fusions={rt.cpu_ynn_fusions!r} must be a comma list of "
+                             f"{', '.join(runtime.YNN_FUSIONS)} (\"\": none)")
+  if rt.deterministic and not runtime.deterministic_enabled():
+    raise errors.ConfigError(f"config.runtime.deterministic=True needs XLA_FLAGS={runtime.DETERMINISTIC_XLA_FLAG} "
+                             "before jax starts: train with fmnist_jax.main, or export XLA_FLAGS yourself")

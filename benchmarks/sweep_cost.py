@@ -1,6 +1,6 @@
 """Training cost of N seeds of one config, vmapped (one program) vs one run after another, as JSON:
 
-  python scripts/benchmark_sweep.py --config=experiments/base.py --num_seeds=16 --steps=5 \
+  python -m benchmarks.sweep_cost --config=experiments/base.py --num_seeds=16 --steps=5 \
       [--vmap_members=4] [--sequential_seeds=4] [--config.FIELD=VALUE ...]
 
 For each way: XLA compile seconds (jax.monitoring), the first step of each program (compile + run),
@@ -8,7 +8,7 @@ and seconds per model per step over `--steps` further steps. Vmapped groups of `
 one trainer, as in the sweep runner. One run after another builds each run's trainer as the
 sweep runner does (its own compile); `--sequential_seeds` measures only the first few of them, which
 all cost the same. Evaluation (the full test split) is timed once per way, after a warm-up. With
-`--config.compilation_cache_dir` (the sweep CLI's default), later runs load their programs.
+`--config.runtime.compilation_cache_dir` (the sweep CLI's default), later runs load their programs.
 """
 
 import json
@@ -39,17 +39,17 @@ def _vmapped(config, seeds, steps, group_size):
   """Groups of `group_size` seeds, one after another, sharing one trainer as the sweep runner does."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from fmnist_jax import ensemble, sweep, train  # pylint: disable=g-import-not-at-top
-  trainer, setup_s, _ = _timed(lambda: ensemble.EnsembleTrainer(config))
+  from fmnist_jax import loop, sweep, train  # pylint: disable=g-import-not-at-top
+  trainer, setup_s, _ = _timed(lambda: loop.Trainer(config, vmapped=True))
   compile_s = first_s = steps_s = steps_cpu = 0.0
   for start in range(0, len(seeds), group_size):
     group = seeds[start:start + group_size]
     keys = jnp.stack([train.derive_keys(s)[1] for s in group])
     with sweep.compile_seconds() as compiling:
       states, seconds, _ = _timed(lambda: jax.block_until_ready(trainer.run_steps(
-          trainer.initial_states([_seeded(config, s) for s in group]), keys, 0, 1)[0]))
+          trainer.initial_states([_seeded(config, s) for s in group]), 0, 1, keys)[0]))
     compile_s, first_s = compile_s + compiling[0], first_s + seconds
-    states, seconds, cpu = _timed(lambda: jax.block_until_ready(trainer.run_steps(states, keys, 1, 1 + steps)[0]))
+    states, seconds, cpu = _timed(lambda: jax.block_until_ready(trainer.run_steps(states, 1, 1 + steps, keys)[0]))
     steps_s, steps_cpu = steps_s + seconds, steps_cpu + cpu
     if not start:
       eval_s = _eval_seconds(lambda: trainer.evaluate(states)) / len(group)
@@ -66,10 +66,10 @@ def _eval_seconds(evaluate):
 
 def _sequential(config, seeds, steps):
   import jax  # pylint: disable=g-import-not-at-top
-  from fmnist_jax import sweep, train  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import loop, sweep  # pylint: disable=g-import-not-at-top
   per_run = []
   for seed in seeds:
-    trainer, setup_s, _ = _timed(lambda seed=seed: train.Trainer(_seeded(config, seed), ""))
+    trainer, setup_s, _ = _timed(lambda seed=seed: loop.Trainer(_seeded(config, seed)))
     with sweep.compile_seconds() as compiling:
       state, first_s, _ = _timed(lambda: jax.block_until_ready(trainer.run_steps(trainer.initial_state(), 0, 1)[0]))
     state, steps_s, steps_cpu = _timed(lambda state=state: jax.block_until_ready(trainer.run_steps(state, 1, 1 + steps)[0]))
@@ -90,12 +90,10 @@ def _seeded(config, seed):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
-  from fmnist_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.configure(FLAGS.config)  # Before any JAX work, as the sweep CLI.
+  from fmnist_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.prepare_process(FLAGS.config.runtime)  # Before any JAX work, as the sweep CLI (compilation cache included).
   import jax  # pylint: disable=g-import-not-at-top
   config, steps = FLAGS.config, FLAGS.steps
-  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
-  train.use_compilation_cache(config)  # As train.prepare does for every run of a sweep.
   seeds = list(range(FLAGS.num_seeds))
   load_before = os.getloadavg()
   result = {"backend": jax.default_backend(), "devices": jax.device_count(), "steps": steps,

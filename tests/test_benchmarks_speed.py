@@ -7,7 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from fmnist_jax import benchmark
+from benchmarks import speed as benchmark
+from fmnist_jax import loop
+from fmnist_jax import runtime
 from fmnist_jax import errors
 from fmnist_jax import train
 from tests.conftest import run_module, tiny_config
@@ -62,7 +64,7 @@ def test_torch_reference_trains_the_same_model_on_the_same_batches():
 def test_fused_and_step_by_step_training_agree(conv_impl):
   # Fused and step-by-step training call the same compiled program (with 4 steps, or 4 times with
   # one), so one trainer serves both and compiles once.
-  trainer = train.Trainer(tiny_config(conv_impl=conv_impl, batch_size=20), "unused")
+  trainer = loop.Trainer(tiny_config(**{"runtime.conv_impl": conv_impl}, batch_size=20))
   results = {}
   for fused in (True, False):
     trainer.fused = fused
