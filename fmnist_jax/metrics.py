@@ -90,6 +90,7 @@ class AllFinite(metrics.Metric):
 @flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
   loss: metrics.Average.from_output("loss")
+  grad_norm: metrics.Average.from_output("grad_norm")  # Global L2 norm of the gradients, averaged over steps.
   accuracy: metrics.Accuracy
   precision: Precision
   recall: Recall

@@ -38,11 +38,11 @@ def test_a_jax_op_that_disagrees_with_pytorch_is_never_timed(monkeypatch):
 
 def test_cli_prints_one_json_line_and_rejects_bad_repeats():
   flags = ["--config.model.conv_features=(8,16)", "--config.model.dense_features=32", "--config.batch_size=20"]
-  proc = run_module(["scripts/benchmark_layers.py", "--config=experiments/base.py", "--repeats=1", *flags],
+  proc = run_module(["-m", "benchmarks.layers", "--config=experiments/base.py", "--repeats=1", *flags],
                     timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   (line,) = proc.stdout.strip().splitlines()
   assert json.loads(line)["batch_size"] == 20
-  proc = run_module(["scripts/benchmark_layers.py", "--config=experiments/base.py", "--repeats=0"], timeout=120)
+  proc = run_module(["-m", "benchmarks.layers", "--config=experiments/base.py", "--repeats=0"], timeout=120)
   assert proc.returncode == errors.EXIT_USER_ERROR
   assert proc.stderr.strip().splitlines()[-1] == "error: --repeats=0 must be a positive number of timed calls"

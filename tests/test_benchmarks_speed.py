@@ -22,7 +22,7 @@ TINY_FLAGS = [  # tiny_config as command-line overrides.
 
 
 def test_cli_prints_one_json_line_of_sane_numbers():
-  proc = run_module(["scripts/benchmark.py", "--config=experiments/base.py", "--steps=12", *TINY_FLAGS],
+  proc = run_module(["-m", "benchmarks.speed", "--config=experiments/base.py", "--steps=12", *TINY_FLAGS],
                     timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.strip().splitlines()
@@ -39,7 +39,7 @@ def test_cli_prints_one_json_line_of_sane_numbers():
 
 
 def test_cli_rejects_bad_steps_in_one_line():
-  proc = run_module(["scripts/benchmark.py", "--config=experiments/base.py", "--steps=0", *TINY_FLAGS],
+  proc = run_module(["-m", "benchmarks.speed", "--config=experiments/base.py", "--steps=0", *TINY_FLAGS],
                     timeout=120)
   assert proc.returncode == errors.EXIT_USER_ERROR
   assert proc.stderr.strip().splitlines()[-1].startswith("error: --steps=0")

@@ -23,8 +23,7 @@ CONFIG_ARGS = {"batch_size": 96, "num_train_steps": STEPS, "eval_every_steps": S
 EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     import functools, json, sys
     import jax
-    from fmnist_jax import loop
-from fmnist_jax import ensemble, input_pipeline, parallel, train
+    from fmnist_jax import input_pipeline, loop, parallel, train
     from tests.conftest import tiny_config
     root, config_args = sys.argv[1], json.loads(sys.argv[2])
     config = tiny_config(**config_args)
@@ -50,7 +49,7 @@ def eight_device_runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_device_run(tmp_path_factory):
-  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == 1
   workdir = str(tmp_path_factory.mktemp("one_device"))
