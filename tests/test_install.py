@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, data_dir
+from tests.conftest import data_dir, REPO
 
 CONSOLE_SCRIPTS = ("fmnist-train", "fmnist-sweep", "fmnist-evaluate", "fmnist-predict", "fmnist-plot")
 # Left out of the copy that is installed: what a clean clone lacks.
