@@ -1,12 +1,26 @@
 #!/usr/bin/env bash
-# Installs what fmnist_jax needs on a fresh Debian machine: Fashion-MNIST (Debian's package, the
-# offline fallback when TFDS cannot download) and the package with its test and benchmark extras.
+# Sets up a fresh Debian machine for fmnist_jax: Fashion-MNIST from Debian's package (the offline
+# fallback when TFDS cannot download) and the project's virtual environment .venv holding the
+# package (editable) with its test and benchmark extras. A venv works whether or not pip may touch
+# the system Python (Debian marks its python3 EXTERNALLY-MANAGED, PEP 668); run everything with
+# .venv/bin/python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then
+apt_install() {
   $sudo apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then
+  apt_install dataset-fashion-mnist
 fi
-python3 -m pip install -q -e ".[dev,bench]"
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  # Debian's python3 has the venv module only with python3-venv (it brings ensurepip).
+  if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
+    apt_install python3-venv
+  fi
+  python3 -m venv --clear .venv
+  echo "bootstrap: created .venv with $(.venv/bin/python --version)"
+fi
+.venv/bin/python -m pip install -q -e ".[dev,bench]"

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist.
+MANUAL_DIR_ENV = "FMNIST_MANUAL_DIR"  # A folder with the four original .gz files, used instead of Debian's.
 # Debian's package rewrote the gzip headers of the original release (same deflate stream). The
 # originals carried FNAME and these mtimes; restoring them gives the byte-exact archives TFDS checks.
 _ORIGINAL_MTIMES = {"train": 0x59A7E9DE, "t10k": 0x59A7E9F3}
@@ -27,11 +28,24 @@ def _restore_original_archive(src: str, dst: str) -> None:
     f.read(16)
 
 
+def data_dir() -> str:
+  """The folder of the four IDX archives the tests read: $FMNIST_MANUAL_DIR, else Debian's; fails if neither."""
+  folder = os.environ.get(MANUAL_DIR_ENV) or DEBIAN_DIR
+  stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+  missing = [s + ".gz" for s in stems if not os.path.isfile(os.path.join(folder, s + ".gz"))]
+  if missing:
+    pytest.fail(f"no Fashion-MNIST for the tests: {folder} lacks {', '.join(missing)}; install Debian's package "
+                f"(`apt-get install dataset-fashion-mnist`, as scripts/bootstrap.sh does) or set {MANUAL_DIR_ENV} "
+                "to a folder with the four original .gz files", pytrace=False)
+  return folder
+
+
 @pytest.fixture(scope="session")
 def manual_dir(tmp_path_factory) -> str:
   """A TFDS manual_dir with the four original archives: $FMNIST_MANUAL_DIR, else rebuilt from Debian's."""
-  if os.environ.get("FMNIST_MANUAL_DIR"):
-    return os.environ["FMNIST_MANUAL_DIR"]
+  folder = data_dir()
+  if folder != DEBIAN_DIR:
+    return folder
   out = tmp_path_factory.mktemp("manual_dir")
   for name in sorted(os.listdir(DEBIAN_DIR)):
     if name.endswith(".gz"):
@@ -45,7 +59,7 @@ def fmnist():
   import ml_collections
   from fmnist_jax import input_pipeline
   return input_pipeline.load_dataset(ml_collections.ConfigDict(
-      dict(source="idx", data_dir=None, manual_dir=None, idx_dirs=(DEBIAN_DIR,))))
+      dict(source="idx", data_dir=None, manual_dir=None, idx_dirs=(data_dir(),))))
 
 
 def tiny_config(**overrides):
@@ -60,7 +74,7 @@ def tiny_config(**overrides):
   config.eval_every_steps = 10
   config.checkpoint_every_steps = 10
   config.data.source = "idx"  # No TFDS preparation; subprocesses skip TensorFlow via tests/no_tensorflow.
-  config.data.idx_dirs = (DEBIAN_DIR,)
+  config.data.idx_dirs = (data_dir(),)
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import shutil
 
 import jax
@@ -17,7 +18,7 @@ from fmnist_jax import evaluate
 from fmnist_jax import input_pipeline
 from fmnist_jax import models
 from fmnist_jax import train
-from tests.conftest import run_module
+from tests.conftest import REPO, run_module
 
 
 def _independent_logits(workdir, images):
@@ -97,3 +98,16 @@ def test_workdir_without_checkpoints_is_a_user_error(tiny_run, tmp_path):
   shutil.copy(os.path.join(workdir, "config.json"), tmp_path)
   with pytest.raises(errors.CheckpointError, match="no checkpoint in"):
     evaluate.evaluate_workdir(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_shipped_model_scores_the_readme_accuracy_exactly(monkeypatch, fmnist):
+  with open(os.path.join(REPO, "README.md")) as f:
+    stated = re.search(r"test accuracy is (\d+\.\d\d)%", f.read())
+  assert stated, "README.md must state the shipped model's accuracy as 'test accuracy is NN.NN%'"
+  monkeypatch.setattr(input_pipeline, "load_dataset", lambda data_config: fmnist)  # Data from the fixtures' folder.
+  evaluation = evaluate.evaluate_workdir(os.path.join(REPO, "pretrained"))
+  correct = int(np.trace(evaluation.confusion))
+  assert len(evaluation.test.labels) == 10_000
+  assert correct == round(float(stated.group(1)) * 100), (
+      f"pretrained/ classifies {correct} of 10,000 test images correctly; README.md states {stated.group(1)}%")

@@ -11,7 +11,7 @@ import pytest
 
 from fmnist_jax import errors
 from fmnist_jax import input_pipeline
-from tests.conftest import DEBIAN_DIR
+from tests.conftest import data_dir
 
 
 def _data_config(**kw):
@@ -45,8 +45,8 @@ def test_nothing_found_names_every_place_tried_and_the_fix(tmp_path):
 
 
 def test_truncated_idx_file_is_reported(tmp_path):
-  for name in os.listdir(DEBIAN_DIR):
-    shutil.copy(os.path.join(DEBIAN_DIR, name), tmp_path / name)
+  for name in os.listdir(data_dir()):
+    shutil.copy(os.path.join(data_dir(), name), tmp_path / name)
   raw = gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz").read()
   with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
     f.write(raw[:-10])

@@ -6,7 +6,7 @@ import pytest
 
 from fmnist_jax import run_folder
 from fmnist_jax import runtime
-from tests.conftest import DEBIAN_DIR, run_module, tiny_config
+from tests.conftest import data_dir, run_module, tiny_config
 
 # Seven base-model steps in a fresh process, with or without retained host memory; prints a hash of
 # the parameters. (Page faults, the reason for the setting, are measured by benchmarks/speed.py.)
@@ -28,7 +28,7 @@ print(hashlib.sha256(b"".join(leaf.tobytes() for leaf in jax.tree.leaves(params)
 
 
 def _params_hash(retain: bool) -> str:
-  proc = run_module(["-c", _STEPS, "1" if retain else "0", DEBIAN_DIR], env={"JAX_PLATFORMS": "cpu"})
+  proc = run_module(["-c", _STEPS, "1" if retain else "0", data_dir()], env={"JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc.stdout.strip().splitlines()[-1]
 
