@@ -36,6 +36,7 @@ def test_a_jax_op_that_disagrees_with_pytorch_is_never_timed(monkeypatch):
     layer_benchmark.run(tiny_config(), repeats=1)
 
 
+@pytest.mark.slow
 def test_cli_prints_one_json_line_and_rejects_bad_repeats():
   flags = ["--config.model.conv_features=(8,16)", "--config.model.dense_features=32", "--config.batch_size=20"]
   proc = run_module(["-m", "benchmarks.layers", "--config=experiments/base.py", "--repeats=1", *flags],

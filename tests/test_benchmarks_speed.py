@@ -21,6 +21,7 @@ TINY_FLAGS = [  # tiny_config as command-line overrides.
 ]
 
 
+@pytest.mark.slow
 def test_cli_prints_one_json_line_of_sane_numbers():
   proc = run_module(["-m", "benchmarks.speed", "--config=experiments/base.py", "--steps=12", *TINY_FLAGS],
                     timeout=300)
@@ -38,6 +39,7 @@ def test_cli_prints_one_json_line_of_sane_numbers():
   assert "torch_ms_per_step" not in r
 
 
+@pytest.mark.slow
 def test_cli_rejects_bad_steps_in_one_line():
   proc = run_module(["-m", "benchmarks.speed", "--config=experiments/base.py", "--steps=0", *TINY_FLAGS],
                     timeout=120)
@@ -52,6 +54,7 @@ def test_windows_follow_the_training_loop():
   assert benchmark.timed_windows(config, 6, 3, fused=False) == [(1, 2), (2, 3), (3, 4)]
 
 
+@pytest.mark.slow
 def test_torch_reference_trains_the_same_model_on_the_same_batches():
   pytest.importorskip("torch")  # The optional `bench` extra.
   r = benchmark.run(tiny_config(), steps=3, compare="torch")
@@ -61,6 +64,7 @@ def test_torch_reference_trains_the_same_model_on_the_same_batches():
 
 
 @pytest.mark.parametrize("conv_impl", ["im2col", "xla"])
+@pytest.mark.slow
 def test_fused_and_step_by_step_training_agree(conv_impl):
   # Fused and step-by-step training call the same compiled program (with 4 steps, or 4 times with
   # one), so one trainer serves both and compiles once.

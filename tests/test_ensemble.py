@@ -44,6 +44,7 @@ def members(tmp_path_factory):
   return configs, workdirs, loop.train_and_evaluate_many(configs, workdirs)
 
 
+@pytest.mark.slow
 def test_member_equals_the_single_run_with_its_seed_and_learning_rate(members, tiny_run):
   # Member 1 shares the program with a member of another seed and learning rate: if keys or
   # hyperparameters leaked between members, it would not match the single run.

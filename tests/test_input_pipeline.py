@@ -20,6 +20,7 @@ def _data_config(**kw):
   return ml_collections.ConfigDict(config)
 
 
+@pytest.mark.slow
 def test_tfds_with_manual_dir_and_idx_give_identical_arrays(manual_dir, tmp_path, fmnist):
   tfds_data = input_pipeline.load_dataset(_data_config(
       source="tfds", data_dir=str(tmp_path / "tfds"), manual_dir=manual_dir))

@@ -20,6 +20,7 @@ def _main(workdir, *flags, env=None):
                     env=env)
 
 
+@pytest.mark.slow
 def test_train_then_resume_with_tfds_manual_dir(tmp_path, manual_dir):
   workdir = str(tmp_path / "run")
   data = [f"--config.data.manual_dir={manual_dir}", f"--config.data.data_dir={tmp_path / 'tfds'}"]
@@ -41,6 +42,7 @@ def test_train_then_resume_with_tfds_manual_dir(tmp_path, manual_dir):
   assert third.returncode == 0 and "Training already finished at step 120" in third.stderr
 
 
+@pytest.mark.slow
 def test_training_without_tensorflow_writes_the_same_event_files(tmp_path, manual_dir):
   workdir = str(tmp_path / "run")
   result = _main(workdir, "--config.num_train_steps=40", f"--config.data.manual_dir={manual_dir}",
@@ -51,6 +53,7 @@ def test_training_without_tensorflow_writes_the_same_event_files(tmp_path, manua
   assert 40 in read_scalars(os.path.join(workdir, "train"))["steps_per_sec"]
 
 
+@pytest.mark.slow
 def test_compilation_cache_lets_a_second_run_compile_nothing_new(tmp_path):
   cache = tmp_path / "xla_cache"
   tiny = ["--config.num_train_steps=2", "--config.model.conv_features=(8, 8)", "--config.model.dense_features=32",
@@ -73,6 +76,7 @@ def test_compilation_cache_lets_a_second_run_compile_nothing_new(tmp_path):
     (["--config=experiments/base.py", "--workdir=x", "--config.batch_size=0"], "config.batch_size=0"),
     (["--config=experiments/base.py", "--workdir=/proc/forbidden"], "/proc/forbidden"),
 ])
+@pytest.mark.slow
 def test_entry_point_errors_are_one_line(flags, expected):
   result = run_module(["-m", "fmnist_jax.main", *flags], env=NO_TF)
   assert result.returncode == errors.EXIT_USER_ERROR

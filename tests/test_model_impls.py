@@ -14,6 +14,7 @@ from fmnist_jax import config_checks
 from tests.conftest import tiny_config
 
 
+@pytest.mark.slow
 def test_conv_impls_share_parameters_outputs_and_gradients(fmnist):
   xla = models.create_model(tiny_config(**{"runtime.conv_impl": "xla"}))
   im2col = models.create_model(tiny_config(**{"runtime.conv_impl": "im2col"}))

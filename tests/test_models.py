@@ -3,8 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from experiments import base
+from fmnist_jax.experiments import base
 from fmnist_jax import models
 
 
@@ -13,6 +14,7 @@ def _params(config):
   return model, model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
 
 
+@pytest.mark.slow
 def test_base_model_has_the_original_parameter_count_and_shapes():
   _, params = _params(base.get_config())
   shapes = {"/".join(k.key for k in path): leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
@@ -25,6 +27,7 @@ def test_base_model_has_the_original_parameter_count_and_shapes():
   assert sum(x.size for x in jax.tree.leaves(params)) == 3_326_666
 
 
+@pytest.mark.slow
 def test_logits_shape_and_dtype_with_bfloat16_compute():
   config = base.get_config()
   config.dtype = "bfloat16"

@@ -56,12 +56,14 @@ def one_device_run(tmp_path_factory):
   return workdir, loop.train_and_evaluate(tiny_config(**CONFIG_ARGS), workdir)
 
 
+@pytest.mark.slow
 def test_parallel_eight_fake_devices_split_the_batch(eight_device_runs):
   _, report = eight_device_runs
   assert report["devices"] == 8
   assert report["all_reduce"]  # Gradients summed across devices: each device saw a slice of the batch.
 
 
+@pytest.mark.slow
 def test_parallel_eight_devices_train_what_one_device_trains(eight_device_runs, one_device_run):
   root, report = eight_device_runs
   workdir, metrics = one_device_run
@@ -70,6 +72,7 @@ def test_parallel_eight_devices_train_what_one_device_trains(eight_device_runs, 
     assert report["metrics"][name] == pytest.approx(value, abs=METRIC_ATOL), name
 
 
+@pytest.mark.slow
 def test_parallel_vmapped_members_on_eight_devices_match_one_device(eight_device_runs, one_device_run):
   root, report = eight_device_runs
   workdir, metrics = one_device_run

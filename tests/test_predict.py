@@ -60,6 +60,7 @@ def test_shipped_model_classifies_test_imgs_also_as_photos_and_cutouts(shipped):
     assert set(predicted.values()) == {CLASS_NAMES[n]}, (path, predicted)
 
 
+@pytest.mark.slow
 def test_a_workdir_predicts_with_its_own_config_and_no_optimizer_state(narrow, fmnist):
   workdir, final = narrow
   predictor = predict.Predictor(workdir)

@@ -185,6 +185,7 @@ def reference(tmp_path_factory, xla_cache):
 # --- Determinism ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_runs_with_one_seed_are_bitwise_identical(reference):
   assert f"Deterministic GPU kernels: XLA_FLAGS={runtime.DETERMINISTIC_XLA_FLAG}" in reference["twin_log"]
   step, state = final_state(reference["twin"])
@@ -204,6 +205,7 @@ def test_deterministic_config_without_the_xla_flag_is_refused(monkeypatch):
 # --- kill -9 ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kill_9_mid_step_mid_eval_and_mid_save_then_rerun_ends_bitwise_identical(
     tmp_path, reference, xla_cache):
   workdir = str(tmp_path / "run")
@@ -248,6 +250,7 @@ def _unfinished_saves(ckpt_dir: str) -> set:
 # --- SIGINT / SIGTERM -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigint_and_sigterm_save_flush_exit_75_and_the_rerun_resumes(tmp_path, reference, xla_cache):
   workdir = str(tmp_path / "run")
   stopped = []
@@ -334,6 +337,7 @@ def test_damaged_latest_checkpoint_falls_back_with_a_warning_and_keeps_every_fil
     assert "cannot be restored" in caplog.text and "moved to" in caplog.text
 
 
+@pytest.mark.slow
 def test_rerun_on_a_damaged_latest_checkpoint_retrains_it_bitwise_identical(tmp_path, reference, xla_cache):
   workdir = str(tmp_path / "run")
   shutil.copytree(reference["workdir"], workdir)
@@ -353,6 +357,7 @@ def test_rerun_on_a_damaged_latest_checkpoint_retrains_it_bitwise_identical(tmp_
 # --- NaN / Inf --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_nan_loss_exits_3_naming_the_last_good_checkpoint_and_halt_on_nan_false_trains_on(
     tmp_path, reference, xla_cache):
   workdir = str(tmp_path / "run")
@@ -379,6 +384,7 @@ def test_nan_loss_exits_3_naming_the_last_good_checkpoint_and_halt_on_nan_false_
 # --- A failed checkpoint write ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_failed_checkpoint_write_is_one_error_and_the_previous_step_stays_usable(
     tmp_path, reference, xla_cache):
   """Once step 10 is committed, the process's file size limit is lowered so that writes fail

@@ -136,6 +136,7 @@ def four_point_sweep(tmp_path_factory):
   return workdir, path, records, names
 
 
+@pytest.mark.slow
 def test_sweep_trains_every_point_and_writes_one_row_each(four_point_sweep):
   workdir, _, records, _ = four_point_sweep
   with open(os.path.join(workdir, "results.csv")) as f:
@@ -165,6 +166,7 @@ def test_learning_rates_and_seeds_share_one_compiled_train_program(four_point_sw
   assert sum("_evaluate_members" in n for n in names) == 1, names
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_points_and_resumes_killed_ones(four_point_sweep, tmp_path, caplog):
   source, path, records, _ = four_point_sweep
   workdir = str(tmp_path / "runs")

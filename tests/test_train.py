@@ -46,6 +46,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(fmnist):
   assert float(last.loss.compute()) < 0.5 * float(first.loss.compute())
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_learns_with_float32_parameters_and_adam_state(fmnist):
   batch = input_pipeline.gather_batch(fmnist["train"].images, fmnist["train"].labels, jnp.arange(100), 0, 100)
   step = jax.jit(train.train_step)
@@ -72,6 +73,7 @@ def test_eval_step_ignores_masked_rows(fmnist):
     np.testing.assert_allclose(padded.compute()[key], value, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_run_logs_evaluates_and_checkpoints_on_schedule(tmp_path):
   workdir = str(tmp_path / "run")
   final = loop.train_and_evaluate(tiny_config(num_train_steps=25, eval_every_steps=10,
@@ -89,6 +91,7 @@ def test_run_logs_evaluates_and_checkpoints_on_schedule(tmp_path):
   assert glob.glob(os.path.join(workdir, "train", "events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_stop_and_resume_equals_straight_training_bitwise(tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   loop.train_and_evaluate(tiny_config(num_train_steps=30), straight)
@@ -101,6 +104,7 @@ def test_stop_and_resume_equals_straight_training_bitwise(tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_resume_crosses_an_epoch_boundary_with_the_same_data_order(tmp_path):
   # 60000 / 2000 = 30 steps per epoch: stop inside epoch 0 and resume into epoch 1.
   config = dict(batch_size=2000, num_train_steps=40, checkpoint_every_steps=10)
@@ -112,6 +116,7 @@ def test_resume_crosses_an_epoch_boundary_with_the_same_data_order(tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_finished_run_rerun_only_evaluates(tmp_path):
   workdir = str(tmp_path / "run")
   first = loop.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
@@ -120,6 +125,7 @@ def test_finished_run_rerun_only_evaluates(tmp_path):
   assert checkpoints.Checkpointer(workdir, read_only=True).steps() == [10]
 
 
+@pytest.mark.slow
 def test_workdir_of_another_model_is_refused(tmp_path):
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
@@ -127,6 +133,7 @@ def test_workdir_of_another_model_is_refused(tmp_path):
     loop.train_and_evaluate(tiny_config(**{"model.dense_features": 64}), workdir)
 
 
+@pytest.mark.slow
 def test_resume_takes_the_configs_learning_rate(tmp_path):
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
