@@ -1,13 +1,17 @@
-"""A run's folder: its config.json, read back with today's defaults for fields it predates.
+"""A run's folder: its one writer, its config.json (read back with today's defaults for fields it
+predates).
 
 Layout of a workdir: config.json (the resolved config), checkpoints/ (Orbax), train/ and eval/
-(TensorBoard event files). The defaults come from the base experiment installed with the package
-(`fmnist_jax.experiments`, the repository's experiments/ folder), never from a path beside it.
+(TensorBoard event files), lock (held by the process training in it). The defaults come from the
+base experiment installed with the package (`fmnist_jax.experiments`, the repository's
+experiments/ folder), never from a path beside it.
 """
 
+import contextlib
+import fcntl
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 
 import ml_collections
 
@@ -15,6 +19,8 @@ from fmnist_jax import errors
 from fmnist_jax import runtime
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = "lock"  # flock'ed by the one process writing the folder; holds that process's PID.
+_held: Dict[str, list] = {}  # Lock path -> [open file, depth]: this process's own locks, taken again freely.
 
 
 def config_path(workdir: str) -> str:
@@ -79,6 +85,42 @@ def check_same_model(config, workdir: str) -> None:
     raise errors.CheckpointError(
         f"{workdir} was trained with a different model ({', '.join(f'model.{k}={saved.get(k)}' for k in diff)}); "
         "use that config or a new --workdir")
+
+
+@contextlib.contextmanager
+def owned(config, workdir: str) -> Iterator[None]:
+  """Makes this process the one writer of `workdir` while the block runs, after checking that
+  `config` may train there. Readers (predict, evaluate, plot) never take it.
+
+  An advisory flock on <workdir>/lock, which the OS releases when the process ends however it ends
+  (kill -9 leaves nothing stale). A second writer gets a ConfigError naming the holder and writes
+  nothing. The same process may enter it again (a sweep holds its points while each trains).
+  """
+  check_workdir(workdir)
+  path = os.path.realpath(os.path.join(workdir, LOCK_FILE))
+  if path not in _held:
+    lock = open(path, "a+")  # pylint: disable=consider-using-with  # Held until the block ends.
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      lock.seek(0)
+      holder = lock.read().strip()
+      lock.close()
+      raise errors.ConfigError(
+          f"--workdir={workdir} is being trained by process {holder or '(starting)'} (it holds {path}); "
+          "wait for it to end, stop it, or choose another --workdir") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    _held[path] = [lock, 0]
+  _held[path][1] += 1
+  try:
+    check_same_model(config, workdir)
+    yield
+  finally:
+    _held[path][1] -= 1
+    if not _held[path][1]:
+      _held.pop(path)[0].close()  # Closing the file releases the lock; the file stays.
 
 
 def check_workdir(workdir: str) -> None:

@@ -33,6 +33,7 @@ from absl import logging
 import ml_collections
 
 from fmnist_jax import errors
+from fmnist_jax import run_folder
 
 RESULT_FILE = "sweep_result.json"  # In each point's workdir once it finished.
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax.monitoring event of each XLA compile.
@@ -247,22 +248,25 @@ def run_sweep(base: ml_collections.ConfigDict, sweep_path: str, workdir: str,
   is_chief = jax.process_index() == 0
   index, count = part
   trainers = {}
+  mine = []
   for group in groups(points, vmap_members)[index::count]:  # Grouped before skipping: stable across parts.
-    todo = []
+    mine.append([p for p in group if _finished(p) is None])
     for p in group:
-      if _finished(p) is None:
-        todo.append(p)
-      else:
+      if p not in mine[-1]:
         logging.info("Point %s finished earlier: skipped", p.name)
-    if not todo:
-      continue
-    logging.info("Training %s (%s)", ", ".join(p.name for p in todo), "vmapped" if len(todo) > 1 else "alone")
-    for record in _train_group(todo, trainers):
+  with contextlib.ExitStack() as owner:
+    for p in (p for todo in mine for p in todo):  # Another process on one of them: refused before any work.
+      owner.enter_context(run_folder.owned(p.config, p.workdir))
+    for todo in mine:
+      if not todo:
+        continue
+      logging.info("Training %s (%s)", ", ".join(p.name for p in todo), "vmapped" if len(todo) > 1 else "alone")
+      for record in _train_group(todo, trainers):
+        if is_chief:
+          _write_atomically(os.path.join(os.path.abspath(workdir), record["name"], RESULT_FILE),
+                            lambda tmp, record=record: _write_json(tmp, record))
       if is_chief:
-        _write_atomically(os.path.join(os.path.abspath(workdir), record["name"], RESULT_FILE),
-                          lambda tmp, record=record: _write_json(tmp, record))
-    if is_chief:
-      write_results(workdir, _finished_records(points))
+        write_results(workdir, _finished_records(points))
   records = _finished_records(points)
   if is_chief and records:
     write_results(workdir, records)

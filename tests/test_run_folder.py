@@ -1,11 +1,18 @@
-"""A run's folder: config.json written atomically and read back with today's defaults."""
+"""A run's folder: one writer at a time; config.json written atomically and read back with today's defaults."""
 
+import contextlib
 import os
+import subprocess
+import sys
 
 import pytest
 
 from fmnist_jax import errors
+from fmnist_jax import loop
 from fmnist_jax import run_folder
+from tests.conftest import REPO, run_module, tiny_config
+
+NO_TF = {"PYTHONPATH": os.pathsep.join([os.path.join(REPO, "tests", "no_tensorflow"), REPO])}
 
 
 def test_config_saved_before_newer_fields_takes_their_defaults(tmp_path):
@@ -30,3 +37,49 @@ def test_config_that_is_not_an_object_is_a_clear_error(tmp_path):
   (tmp_path / "config.json").write_text("[1, 2]")
   with pytest.raises(errors.CheckpointError, match="not a config"):
     run_folder.load_config(str(tmp_path))
+
+
+# --- One writer per run folder ------------------------------------------------------------------
+
+HOLD = ("import sys, time\nfrom fmnist_jax import run_folder\nfrom tests.conftest import tiny_config\n"
+        "with run_folder.owned(tiny_config(), sys.argv[1]):\n  print('held', flush=True)\n  time.sleep(600)\n")
+
+
+@contextlib.contextmanager
+def held_by_another_process(workdir):
+  """A process holding `workdir`'s lock until the block ends (then killed with SIGKILL)."""
+  proc = subprocess.Popen([sys.executable, "-c", HOLD, workdir], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": REPO})
+  try:
+    assert proc.stdout.readline().strip() == "held"
+    yield proc.pid
+  finally:
+    proc.kill()
+    proc.wait()
+
+
+def folder_contents(root):
+  return sorted(os.path.relpath(os.path.join(d, n), root) for d, dirs, names in os.walk(root) for n in dirs + names)
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_writes_nothing(tmp_path):
+  workdir = str(tmp_path / "run")
+  with held_by_another_process(workdir) as pid:
+    before = folder_contents(workdir)
+    with pytest.raises(errors.ConfigError, match=rf"is being trained by process {pid} .*choose another --workdir"):
+      loop.train_and_evaluate(tiny_config(), workdir)
+    assert folder_contents(workdir) == before == [run_folder.LOCK_FILE]
+  with run_folder.owned(tiny_config(), workdir):  # kill -9 left nothing stale ...
+    with run_folder.owned(tiny_config(), workdir):  # ... and the owner may take it again.
+      pass
+
+
+def test_cli_on_a_folder_being_trained_is_one_line_exit_2(tmp_path):
+  workdir = str(tmp_path / "run")
+  with held_by_another_process(workdir) as pid:
+    result = run_module(["-m", "fmnist_jax.main", "--config=experiments/base.py", f"--workdir={workdir}",
+                         "--config.data.source=idx"], env=NO_TF)
+    assert result.returncode == errors.EXIT_USER_ERROR, result.stderr[-2000:]
+    [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert f"process {pid}" in line and "Traceback" not in result.stderr
+    assert folder_contents(workdir) == [run_folder.LOCK_FILE]

@@ -19,6 +19,8 @@ from tests.conftest import tiny_config
 from tests.test_ensemble import assert_params_close
 from tests.test_ensemble import final_params
 from tests.test_ensemble import METRIC_ATOL
+from tests.test_run_folder import folder_contents
+from tests.test_run_folder import held_by_another_process
 
 FOUR_POINTS = """
 def get_sweep():
@@ -209,3 +211,13 @@ def test_part_flag_is_checked():
   for bad in ("3/3", "1", "a/b", "-1/2"):
     with pytest.raises(errors.ConfigError, match="must be I/N"):
       sweep.parse_part(bad)
+
+
+def test_a_point_being_trained_by_another_process_stops_the_sweep_before_any_work(tmp_path):
+  path = write_sweep(tmp_path, FOUR_POINTS)
+  workdir = tmp_path / "runs"
+  busy = str(workdir / sweep.point_name({"learning_rate": 3e-3, "seed": 1}))
+  with held_by_another_process(busy) as pid:
+    with pytest.raises(errors.ConfigError, match=f"is being trained by process {pid}"):
+      sweep.run_sweep(sweep_config(), path, str(workdir), vmap_members=2)
+  assert not any(checkpoints.CHECKPOINT_SUBDIR in f or "config.json" in f for f in folder_contents(str(workdir)))
