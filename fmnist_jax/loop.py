@@ -289,7 +289,7 @@ def _train_and_evaluate_owned(configs: Sequence, workdirs: Sequence[str], traine
         states = trainer.stack([restored[i][1] for i in indices], group_configs)
       if is_chief:
         for m in group:
-          run_folder.save_config(m.config, m.workdir)
+          run_folder.record_start(m.config, m.workdir, step, trainer.num_steps)
       for i, outcome in zip(indices, _train(trainer, group, states, step)):
         outcomes[i] = outcome
     return outcomes

@@ -83,3 +83,57 @@ def test_cli_on_a_folder_being_trained_is_one_line_exit_2(tmp_path):
     [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert f"process {pid}" in line and "Traceback" not in result.stderr
     assert folder_contents(workdir) == [run_folder.LOCK_FILE]
+
+
+# --- Resuming and the run's history -------------------------------------------------------------
+
+
+def test_resume_may_change_only_resume_safe_fields(tmp_path):
+  workdir = str(tmp_path)
+  run_folder.save_config(tiny_config(), workdir)
+  run_folder.check_resume(tiny_config(learning_rate=3e-3, num_train_steps=90, **{"runtime.fuse_steps": "on"}), workdir)
+  with pytest.raises(errors.CheckpointError) as raised:
+    run_folder.check_resume(tiny_config(batch_size=50, **{"model.conv_features": (8,)}), workdir)
+  message = str(raised.value)
+  assert "batch_size=100 (now 50)" in message and "model.conv_features=[8, 16] (now [8])" in message
+  assert "--config.batch_size=100 --config.model.conv_features='(8, 16)'" in message and "new --workdir" in message
+  for field, value in (("seed", 1), ("data.dataset", "mnist"), ("dtype", "bfloat16")):
+    with pytest.raises(errors.CheckpointError, match=f"{field}="):
+      run_folder.check_resume(tiny_config(**{field: value}), workdir)
+
+
+def test_a_field_new_to_the_project_must_match_unless_listed(tmp_path, monkeypatch):
+  """A run saved before `model.name` existed resumes under its default; another value is refused."""
+  workdir = str(tmp_path)
+  run_folder.save_config(tiny_config(), workdir)
+  with_new_field = run_folder.default_config
+  def defaults():
+    config = with_new_field()
+    config.model.name = "cnn"
+    return config
+  monkeypatch.setattr(run_folder, "default_config", defaults)
+  config = tiny_config()
+  config.model.name = "cnn"
+  run_folder.check_resume(config, workdir)
+  config.model.name = "resnet"
+  with pytest.raises(errors.CheckpointError, match="model.name='cnn' \\(now 'resnet'\\)"):
+    run_folder.check_resume(config, workdir)
+
+
+@pytest.mark.slow
+def test_history_keeps_every_start_and_a_finished_rerun_rewrites_nothing(tmp_path):
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  with pytest.raises(errors.CheckpointError, match="batch_size=100 \\(now 50\\)"):
+    loop.train_and_evaluate(tiny_config(num_train_steps=20, batch_size=50), workdir)
+  loop.train_and_evaluate(tiny_config(num_train_steps=20, learning_rate=3e-3), workdir)
+  saved = (tmp_path / "run" / run_folder.CONFIG_FILE).read_bytes()
+  history = (tmp_path / "run" / run_folder.HISTORY_FILE).read_bytes()
+  loop.train_and_evaluate(tiny_config(num_train_steps=5), workdir)  # Finished: evaluates only.
+  assert (tmp_path / "run" / run_folder.CONFIG_FILE).read_bytes() == saved
+  assert (tmp_path / "run" / run_folder.HISTORY_FILE).read_bytes() == history
+  records = run_folder.read_history(workdir)
+  assert [r["steps"] for r in records] == [[0, 10], [10, 20]]
+  assert [r["config"]["learning_rate"] for r in records] == [1e-3, 3e-3]
+  assert set(records[0]["versions"]) == set(run_folder.VERSIONED_PACKAGES) and records[0]["versions"]["jax"]
+  assert run_folder.load_config(workdir).learning_rate == 3e-3
