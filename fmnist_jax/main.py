@@ -7,16 +7,17 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from fmnist_jax import cli
 from fmnist_jax import errors
 from fmnist_jax import runtime
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Folder for checkpoints, event files and the resolved config.")
+config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py); override any of "
+                                "its fields with --config.FIELD=VALUE (--help lists them).", lock_config=True)
+cli.define_workdir("Folder for checkpoints, event files and the resolved config.", required=True)
 flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() first; start one "
                   "process per host with the same flags.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flag_as_required("config")
 
 
 def quiet_library_logs() -> None:
@@ -39,19 +40,25 @@ def parse_flags(argv):
   to load only when first read: absl would print tracebacks for both.
   """
   try:
-    rest = FLAGS(argv)
+    rest = cli.parse_flags(argv, more_help=config_fields)
     FLAGS.config.keys()  # A config file that failed to load raises here, not mid-run.
     return rest
-  except flags.Error as e:
-    errors.fail(f"{_one_line(e)} (see --helpshort)", errors.EXIT_USER_ERROR)
   except (AttributeError, KeyError) as e:  # AttributeError(KeyError("'name'\nDid you mean ...")).
     while e.args and isinstance(e.args[0], BaseException):
       e = e.args[0]
-    errors.fail(f"unknown config field {_one_line(e.args[0] if e.args else e)}; a --config.FIELD flag must "
+    errors.fail(f"unknown config field {cli.one_line(e.args[0] if e.args else e)}; a --config.FIELD flag must "
                 "name a field of the config file", errors.EXIT_USER_ERROR)
   except OSError as e:
     reason = (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[-1]
     errors.fail(f"the --config file cannot be loaded ({reason.strip()})", errors.EXIT_USER_ERROR)
+
+
+def config_fields() -> str:
+  """The --config.FIELD flags with base.py's values, for --help (each field's comment is in base.py)."""
+  from fmnist_jax import run_folder  # pylint: disable=g-import-not-at-top
+  lines = [f"  --config.{name}={value!r}" for name, value in run_folder.flat(run_folder.default_config())]
+  return ("The config fields with the values of experiments/base.py, where each has a comment "
+          "(override with --config.FIELD=VALUE):\n" + "\n".join(lines))
 
 
 def prepare_process() -> None:
@@ -63,21 +70,16 @@ def prepare_process() -> None:
     try:  # Coordinator, process count and id come from the cluster: Cloud TPU, SLURM, Open MPI, k8s.
       jax.distributed.initialize()
     except (ValueError, RuntimeError) as e:
-      errors.fail(f"--distributed: jax.distributed.initialize() failed ({_one_line(e)}); start one process "
+      errors.fail(f"--distributed: jax.distributed.initialize() failed ({cli.one_line(e)}); start one process "
                   "per host with srun, mpirun or `gcloud compute tpus tpu-vm ssh --worker=all`", errors.EXIT_USER_ERROR)
     logging.info("Process %d of %d", jax.process_index(), jax.process_count())
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
+  del argv  # parse_flags refused positional arguments.
   prepare_process()
   from fmnist_jax import loop  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
   errors.exit_on_error(lambda: loop.train_and_evaluate(FLAGS.config, FLAGS.workdir))
-
-
-def _one_line(text) -> str:
-  return " ".join(str(text).split())[:500]
 
 
 def run() -> None:

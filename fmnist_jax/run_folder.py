@@ -102,6 +102,14 @@ def _flat(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
   return out
 
 
+def flat(config) -> List[tuple]:
+  """(dotted field name, value) of every field of `config`, in the config's own order."""
+  out = []
+  for key, value in config.items():
+    out.extend((f"{key}.{k}", v) for k, v in flat(value)) if hasattr(value, "items") else out.append((key, value))
+  return out
+
+
 def _flag_value(value) -> str:
   return f"'({', '.join(map(str, value))}{',' if len(value) == 1 else ''})'" if isinstance(value, list) else str(value)
 

@@ -356,8 +356,7 @@ def _define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
+  del argv  # parse_flags refused positional arguments.
   flag_values = flags.FLAGS
   if flag_values.config.runtime.compilation_cache_dir is None:  # Points trained one by one load, not compile, their programs.
     flag_values.config.runtime.compilation_cache_dir = os.path.join(os.path.abspath(flag_values.workdir), CACHE_SUBDIR)

@@ -1,6 +1,8 @@
 """The command line end to end on real Fashion-MNIST: train, resume, TensorBoard files, errors."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -79,3 +81,25 @@ def test_entry_point_errors_are_one_line(flags, expected):
   lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
   assert "Traceback" not in result.stderr
+
+
+def _run_in(folder, args):
+  """`python -m ARGS` with `folder` as the current folder."""
+  return subprocess.run([sys.executable, "-m", *args], cwd=folder, capture_output=True, text=True, timeout=300,
+                        env={**os.environ, **NO_TF})
+
+
+@pytest.mark.parametrize("args", [
+    ["fmnist_jax.main", f"--config={REPO}/experiments/base.py", "--workdir="],
+    ["fmnist_jax.main", f"--config={REPO}/experiments/base.py", "--workdir=  "],
+    ["fmnist_jax.sweep", f"--config={REPO}/experiments/base.py", "--workdir=", f"--sweep={REPO}/experiments/sweeps/lr.py"],
+    ["fmnist_jax.evaluate", "--workdir= "],
+    ["fmnist_jax.predict", "--workdir=", f"{REPO}/test_imgs/0.png"],
+    ["fmnist_jax.plot", "--workdir=\t"],
+], ids=lambda args: args[0].split(".")[1])
+def test_an_empty_workdir_is_one_line_and_writes_nothing(tmp_path, args):
+  result = _run_in(tmp_path, args)
+  assert result.returncode == errors.EXIT_USER_ERROR, result.stderr[-2000:]
+  [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert "--workdir is empty" in line and "Traceback" not in result.stderr
+  assert not os.listdir(tmp_path)
