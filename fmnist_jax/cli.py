@@ -1,8 +1,11 @@
 """What every command line shares: flags whose every mistake is one `error:` line and exit 2,
 `--help` that exits 0, and the --workdir flag (never empty)."""
 
+import importlib.util
+import os
+import re
 import sys
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 from absl import flags
 
@@ -47,6 +50,48 @@ def parse_flags(argv: List[str], positional: bool = False,
 def parse_flags_and_paths(argv: List[str]) -> List[str]:
   """parse_flags for a program that takes positional arguments (file paths)."""
   return parse_flags(argv, positional=True)
+
+
+def call_file_function(path: str, function: str, flag: str, *args) -> Any:
+  """Runs the Python file at `path` and returns `function(*args)` from it; any failure of the user's
+  file is a ConfigError naming `flag`, the file and the cause."""
+  if not os.path.isfile(path):
+    raise errors.ConfigError(f"{flag}={path}: no such file; point it at a file defining {function}()")
+  spec = importlib.util.spec_from_file_location(f"fmnist_user_file_{function}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  # Any error in the user's file is theirs to fix.
+    raise errors.ConfigError(f"{flag}={path} cannot be loaded ({describe(e)}); fix the file") from e
+  if not callable(getattr(module, function, None)):
+    raise errors.ConfigError(f"{flag}={path} has no {function}(); define {function}() in it")
+  try:
+    return getattr(module, function)(*args)
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.ConfigError(f"{flag}={path}: {function}() failed ({describe(e)}); fix the file") from e
+
+
+def last_flag_wins(argv: List[str], prefix: str, is_bool: Callable[[str], bool]) -> List[str]:
+  """`argv` with each repeated `--PREFIX.FIELD` flag kept only at its last occurrence, in all its forms
+  (`--p.f=v`, `--p.f v`, `--p.f` / `--nop.f` for booleans). ml_collections joins repeated tuple flags
+  into one tuple; every other flag type takes the last value: now all take the last."""
+  pattern = re.compile(rf"--?(no)?{re.escape(prefix)}\.([\w.]+)(=.*)?", re.DOTALL)
+  spans, i = [], 1  # (field, first index, end index) of every occurrence.
+  while i < len(argv) and argv[i] != "--":
+    match = pattern.fullmatch(argv[i])
+    end = i + 1
+    if match and match.group(3) is None and not match.group(1) and not is_bool(match.group(2)):
+      end = i + 2  # `--p.f value`
+    if match:
+      spans.append((match.group(2), i, end))
+    i = end
+  last = {field: start for field, start, _ in spans}
+  dropped = {j for field, start, end in spans if last[field] != start for j in range(start, end)}
+  return [arg for j, arg in enumerate(argv) if j not in dropped]
+
+
+def describe(e: Exception) -> str:
+  return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
 
 
 def one_line(text) -> str:

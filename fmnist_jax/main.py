@@ -1,10 +1,13 @@
 """Command line: python -m fmnist_jax.main --config=experiments/base.py --workdir=runs/x [--config.F=V]."""
 
 import logging as std_logging
+import os
+from typing import Optional
 
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
 from fmnist_jax import cli
@@ -36,21 +39,58 @@ def quiet_library_logs() -> None:
 def parse_flags(argv):
   """absl's flag parsing, with every mistake reported in one line and exit code 2.
 
-  ml_collections raises an unknown --config.FIELD as AttributeError, and a config file that fails
-  to load only when first read: absl would print tracebacks for both.
+  The config file is loaded here first, so that its own errors (a missing file, a syntax error, no
+  get_config(), a get_config() that raises) are reported with their cause, and a repeated
+  --config.FIELD takes its last value whatever its type. ml_collections raises an unknown
+  --config.FIELD as AttributeError: absl would print a traceback.
   """
+  if not cli.asks_for_help(argv):
+    config = errors.exit_on_error(lambda: load_config_file(_flag_value(argv, "config")))
+    argv = cli.last_flag_wins(argv, "config", lambda field: _field_type(config, field) is bool)
   try:
-    rest = cli.parse_flags(argv, more_help=config_fields)
-    FLAGS.config.keys()  # A config file that failed to load raises here, not mid-run.
-    return rest
+    return cli.parse_flags(argv, more_help=config_fields)
   except (AttributeError, KeyError) as e:  # AttributeError(KeyError("'name'\nDid you mean ...")).
     while e.args and isinstance(e.args[0], BaseException):
       e = e.args[0]
     errors.fail(f"unknown config field {cli.one_line(e.args[0] if e.args else e)}; a --config.FIELD flag must "
                 "name a field of the config file", errors.EXIT_USER_ERROR)
-  except OSError as e:
-    reason = (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[-1]
-    errors.fail(f"the --config file cannot be loaded ({reason.strip()})", errors.EXIT_USER_ERROR)
+
+
+def load_config_file(spec: Optional[str]):
+  """The ConfigDict of `--config=PATH[:ARG]` (ml_collections passes ARG to get_config); ConfigError if
+  the file cannot give one. None when the flag is absent (absl then reports the required flag)."""
+  if spec is None:
+    return None
+  path, arg = (spec, None) if os.path.isfile(spec) or ":" not in spec else spec.split(":", 1)
+  config = cli.call_file_function(path, "get_config", "--config", *([arg] if arg is not None else []))
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise errors.ConfigError(f"--config={path}: get_config() returned {type(config).__name__}; return an "
+                             "ml_collections.ConfigDict")
+  return config
+
+
+def _flag_value(argv, name: str) -> Optional[str]:
+  """The last value of --name in `argv` (`--name=v` or `--name v`), else None."""
+  value = None
+  for i, arg in enumerate(argv[1:], 1):
+    if arg == "--":
+      break
+    if arg.lstrip("-") == name and arg.startswith("-") and i + 1 < len(argv):
+      value = argv[i + 1]
+    elif arg.startswith("-") and arg.lstrip("-").startswith(f"{name}="):
+      value = arg.split("=", 1)[1]
+  return value
+
+
+def _field_type(config, field: str):
+  """The type of the dotted `field` of `config`, or None if it has no such field."""
+  *parents, leaf = field.split(".")
+  node = config
+  for part in parents:
+    node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    return None
+  return node.get_type(leaf)
 
 
 def config_fields() -> str:

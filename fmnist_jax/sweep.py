@@ -20,7 +20,6 @@ sweep with `--part=I/N` (e.g. one per GPU).
 import contextlib
 import csv
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from absl import flags
 from absl import logging
 import ml_collections
 
+from fmnist_jax import cli
 from fmnist_jax import errors
 from fmnist_jax import run_folder
 
@@ -55,22 +55,7 @@ class Point:
 
 def load_sweep(path: str) -> List[Dict[str, Any]]:
   """The override dicts of the sweep file at `path`, or ConfigError naming what is wrong."""
-  if not os.path.isfile(path):
-    raise errors.ConfigError(f"--sweep={path}: no such file; point it at a sweep file such as "
-                             "experiments/sweeps/lr.py")
-  spec = importlib.util.spec_from_file_location("fmnist_sweep_definition", path)
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-  except Exception as e:  # pylint: disable=broad-except  # Any error in the user's file is theirs to fix.
-    raise errors.ConfigError(f"--sweep={path} cannot be loaded ({_describe(e)}); fix the file") from e
-  if not callable(getattr(module, "get_sweep", None)):
-    raise errors.ConfigError(f"--sweep={path} has no get_sweep(); define get_sweep() returning a list of "
-                             "override dicts")
-  try:
-    points = module.get_sweep()
-  except Exception as e:  # pylint: disable=broad-except
-    raise errors.ConfigError(f"--sweep={path}: get_sweep() failed ({_describe(e)}); fix the file") from e
+  points = cli.call_file_function(path, "get_sweep", "--sweep")
   if not isinstance(points, (list, tuple)) or not points:
     raise errors.ConfigError(f"--sweep={path}: get_sweep() returned {type(points).__name__} {points!r:.80}; "
                              "return a non-empty list of override dicts")
@@ -79,10 +64,6 @@ def load_sweep(path: str) -> List[Dict[str, Any]]:
       raise errors.ConfigError(f"--sweep={path}: point {i} is {point!r:.80}; each point must be a dict of "
                                "dotted config keys to values")
   return [dict(p) for p in points]
-
-
-def _describe(e: Exception) -> str:
-  return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
 
 
 def _format_value(value) -> str:
@@ -360,17 +341,17 @@ def main(argv):
   flag_values = flags.FLAGS
   if flag_values.config.runtime.compilation_cache_dir is None:  # Points trained one by one load, not compile, their programs.
     flag_values.config.runtime.compilation_cache_dir = os.path.join(os.path.abspath(flag_values.workdir), CACHE_SUBDIR)
-  from fmnist_jax import main as cli  # pylint: disable=g-import-not-at-top
-  cli.prepare_process()
+  from fmnist_jax import main as train_cli  # pylint: disable=g-import-not-at-top
+  train_cli.prepare_process()
   errors.exit_on_error(lambda: run_sweep(flag_values.config, flag_values.sweep, flag_values.workdir,
                                          flag_values.vmap_members, parse_part(flag_values.part)))
 
 
 def run() -> None:
   """The `fmnist-sweep` console script."""
-  from fmnist_jax import main as cli  # pylint: disable=g-import-not-at-top  # --config, --workdir, --distributed.
+  from fmnist_jax import main as train_cli  # pylint: disable=g-import-not-at-top  # --config, --workdir, --distributed.
   _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=train_cli.parse_flags)
 
 
 if __name__ == "__main__":

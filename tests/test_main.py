@@ -103,3 +103,43 @@ def test_an_empty_workdir_is_one_line_and_writes_nothing(tmp_path, args):
   [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert "--workdir is empty" in line and "Traceback" not in result.stderr
   assert not os.listdir(tmp_path)
+
+
+PRINT_CONFIG = ("import sys\nfrom fmnist_jax import main\nmain.parse_flags(sys.argv)\nc = main.FLAGS.config\n"
+                "print(c.model.conv_features, c.model.kernel_size, c.seed, c.runtime.halt_on_nan, c.model.activation)")
+
+
+def test_a_repeated_config_flag_takes_its_last_value_for_every_type():
+  result = run_module(["-c", PRINT_CONFIG, "--config=experiments/base.py", "--workdir=x",
+                       "--config.model.conv_features=(8,8)", "--config.model.conv_features=(4,)",
+                       "--config.model.kernel_size=(3,3)", "--config.model.kernel_size", "()",
+                       "--config.seed", "3", "--config.seed=4",
+                       "--config.runtime.halt_on_nan", "--noconfig.runtime.halt_on_nan",
+                       "--config.model.activation=relu", "--config.model.activation", "gelu"], env=NO_TF)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ["(4,)", "()", "4", "False", "gelu"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("def get_config(:\n", "cannot be loaded (SyntaxError: invalid syntax"),
+    ("CONFIG = 1\n", "has no get_config()"),
+    ("def helper():\n  raise ValueError('the real cause')\ndef get_config():\n  return helper()\n",
+     "get_config() failed (ValueError: the real cause)"),
+    ("def get_config():\n  return {'seed': 1}\n", "get_config() returned dict"),
+])
+def test_a_broken_config_file_is_one_line_naming_its_cause(tmp_path, text, expected):
+  (tmp_path / "config.py").write_text(text)
+  result = run_module(["-m", "fmnist_jax.main", f"--config={tmp_path}/config.py", "--workdir=x"], env=NO_TF)
+  assert result.returncode == errors.EXIT_USER_ERROR, result.stderr[-2000:]
+  [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert expected in line and f"--config={tmp_path}/config.py" in line and "Traceback" not in result.stderr
+
+
+def test_extra_arguments_are_one_line_and_help_exits_0_listing_the_config_fields():
+  result = run_module(["-m", "fmnist_jax.main", "--config=experiments/base.py", "--workdir=x", "extra"], env=NO_TF)
+  assert result.returncode == errors.EXIT_USER_ERROR
+  assert result.stderr.strip().splitlines() == ["error: unexpected arguments extra; every setting is a --flag "
+                                                "(see --help)"]
+  result = run_module(["-m", "fmnist_jax.main", "--help"], env=NO_TF)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "--config.model.conv_features=(64, 64)" in result.stdout and "--workdir" in result.stdout
