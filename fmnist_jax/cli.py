@@ -52,6 +52,18 @@ def parse_flags_and_paths(argv: List[str]) -> List[str]:
   return parse_flags(argv, positional=True)
 
 
+def check_output_folder(flag: str, path: str) -> None:
+  """`path` is, or can be made, a writable folder: checked before the work whose results go there
+  (nothing is created yet)."""
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise errors.ConfigError(f"{flag}={path}: {existing} is a file, not a folder; name a folder")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise errors.ConfigError(f"{flag}={path}: {existing} is not writable; choose a writable folder")
+
+
 def call_file_function(path: str, function: str, flag: str, *args) -> Any:
   """Runs the Python file at `path` and returns `function(*args)` from it; any failure of the user's
   file is a ConfigError naming `flag`, the file and the cause."""

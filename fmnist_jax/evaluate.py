@@ -128,9 +128,10 @@ def write_report(evaluation: Evaluation, out_dir: str, num_mistakes: int) -> Lis
 
 def main(argv):
   del argv  # cli.parse_flags refused positional arguments.
+  out = FLAGS.out or os.path.join(FLAGS.workdir, "evaluation")
+  errors.exit_on_error(lambda: cli.check_output_folder("--out", out))
   evaluation = errors.exit_on_error(lambda: evaluate_workdir(FLAGS.workdir))
-  paths = errors.exit_on_error(lambda: write_report(
-      evaluation, FLAGS.out or os.path.join(FLAGS.workdir, "evaluation"), FLAGS.num_mistakes))
+  paths = errors.exit_on_error(lambda: write_report(evaluation, out, FLAGS.num_mistakes))
   m = evaluation.metrics
   print(f"{FLAGS.workdir} at step {evaluation.step}, {len(evaluation.test.labels)} test images: "
         f"accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, precision {m['precision']:.4f}, "

@@ -11,6 +11,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from fmnist_jax import cli
+from fmnist_jax import config_checks
 from fmnist_jax import errors
 from fmnist_jax import runtime
 
@@ -117,6 +118,7 @@ def prepare_process() -> None:
 
 def main(argv):
   del argv  # parse_flags refused positional arguments.
+  errors.exit_on_error(lambda: config_checks.validate(FLAGS.config))  # Before JAX and TensorFlow load.
   prepare_process()
   from fmnist_jax import loop  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
   errors.exit_on_error(lambda: loop.train_and_evaluate(FLAGS.config, FLAGS.workdir))

@@ -31,6 +31,7 @@ def main(argv):
   from fmnist_jax import errors  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
   from fmnist_jax import plotting  # pylint: disable=g-import-not-at-top
   out = FLAGS.out or os.path.join(FLAGS.workdir, "plots")
+  errors.exit_on_error(lambda: cli.check_output_folder("--out", out))
   metrics = FLAGS.metrics or plotting.CURVE_METRICS
   runs = errors.exit_on_error(lambda: plotting.load_runs(FLAGS.workdir))
   paths = errors.exit_on_error(lambda: plotting.write_curves(runs, out, metrics))

@@ -32,6 +32,7 @@ from absl import logging
 import ml_collections
 
 from fmnist_jax import cli
+from fmnist_jax import config_checks
 from fmnist_jax import errors
 from fmnist_jax import run_folder
 
@@ -40,6 +41,9 @@ COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax.monitoring e
 CACHE_SUBDIR = "compilation_cache"  # The CLI's default config.runtime.compilation_cache_dir, inside the sweep folder.
 METRICS = ("accuracy", "loss", "precision", "recall")  # Final evaluation on the test split.
 FIGURE_WIDTH_IN, BAR_HEIGHT_IN, DPI = 10.0, 0.35, 100
+# A finished point whose final accuracy is below this multiple of chance (1 / num_classes) learned
+# nothing: its loss exploded without turning NaN (or it barely trained). Status "chance", not "ok".
+CHANCE_MULTIPLE = 1.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +106,10 @@ def point_config(base: ml_collections.ConfigDict, overrides: Dict[str, Any], whe
   return config
 
 
-def plan(base: ml_collections.ConfigDict, sweep_path: str, workdir: str, num_devices: int) -> List[Point]:
-  """The sweep's points, every config checked before anything trains."""
-  from fmnist_jax import config_checks  # pylint: disable=g-import-not-at-top  # Imports flax: after flag parsing.
+def plan(base: ml_collections.ConfigDict, sweep_path: str, workdir: str,
+         num_devices: Optional[int] = None) -> List[Point]:
+  """The sweep's points, every config checked before anything trains (without `num_devices`: the
+  checks config_checks.validate makes before JAX is set up)."""
   points, names = [], {}
   for i, overrides in enumerate(load_sweep(sweep_path)):
     where = f"--sweep={sweep_path} point {i} ({point_name(overrides)})"
@@ -269,9 +274,16 @@ def _rows(records: Sequence[dict]) -> tuple:
   for r in records:
     rows.append([r["name"]] + [_format_value(r["overrides"].get(k, "")) for k in keys]
                 + [r["metrics"][m] for m in METRICS]
-                + [round(r["train_time_s"], 1), round(r["compile_time_s"], 1), r["trained_with"],
-                   "diverged" if r["error"] else "ok"])
+                + [round(r["train_time_s"], 1), round(r["compile_time_s"], 1), r["trained_with"], status(r)])
   return header, rows
+
+
+def status(record: dict) -> str:
+  """A point's status: "diverged" (loss turned NaN/Inf), "chance" (final accuracy near chance) or "ok"."""
+  if record["error"]:
+    return "diverged"
+  chance = 1.0 / record["config"]["model"]["num_classes"]
+  return "chance" if not record["metrics"]["accuracy"] >= CHANCE_MULTIPLE * chance else "ok"
 
 
 def write_results(workdir: str, records: Sequence[dict]) -> None:
@@ -289,6 +301,9 @@ def write_results(workdir: str, records: Sequence[dict]) -> None:
   for row in rows:
     lines.append("| " + " | ".join(f"{v:.4f}" if h in METRICS else str(v) for h, v in zip(header, row)) + " |")
   notes = [f"- {r['name']}: {r['error']}" for r in records if r["error"]]
+  notes += [f"- {r['name']}: final accuracy {r['metrics']['accuracy']:.4f} is no better than chance: its loss "
+            f"exploded ({r['metrics']['loss']:.4g}) or it barely trained; lower learning_rate"
+            for r in records if status(r) == "chance"]
   text = "\n".join(lines) + "\n"
   text += ("\n" + "\n".join(notes) + "\n" if notes else "")
   text += ("\ntrain_time_s: wall seconds of the call that finished the point (data, compiling, training, "
@@ -312,13 +327,13 @@ def _plot(path: str, records: Sequence[dict]) -> None:
   axes = fig.subplots(1, 2, sharey=True)
   for ax, metric in zip(axes, ("accuracy", "loss")):
     values = [r["metrics"][metric] for r in records]
-    bars = ax.barh(range(len(records)), values, color=["tab:red" if r["error"] else "tab:blue" for r in records])
+    bars = ax.barh(range(len(records)), values, color=["tab:blue" if status(r) == "ok" else "tab:red" for r in records])
     ax.bar_label(bars, fmt="%.4f", fontsize=8)
     ax.set_title(f"final eval {metric}")
     ax.margins(x=0.2)
   axes[0].set_yticks(range(len(records)), names, fontsize=8)
   axes[0].invert_yaxis()
-  fig.suptitle("sweep points (red: loss turned NaN/Inf)")
+  fig.suptitle("sweep points (red: loss turned NaN/Inf, or accuracy no better than chance)")
   fig.savefig(path, format="png")
 
 
@@ -341,6 +356,7 @@ def main(argv):
   flag_values = flags.FLAGS
   if flag_values.config.runtime.compilation_cache_dir is None:  # Points trained one by one load, not compile, their programs.
     flag_values.config.runtime.compilation_cache_dir = os.path.join(os.path.abspath(flag_values.workdir), CACHE_SUBDIR)
+  errors.exit_on_error(lambda: plan(flag_values.config, flag_values.sweep, flag_values.workdir))  # Before JAX.
   from fmnist_jax import main as train_cli  # pylint: disable=g-import-not-at-top
   train_cli.prepare_process()
   errors.exit_on_error(lambda: run_sweep(flag_values.config, flag_values.sweep, flag_values.workdir,

@@ -97,3 +97,16 @@ def test_workdir_without_checkpoints_is_a_user_error(tiny_run, tmp_path):
   shutil.copy(os.path.join(workdir, "config.json"), tmp_path)
   with pytest.raises(errors.CheckpointError, match="no checkpoint in"):
     evaluate.evaluate_workdir(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_cli_usage_mistakes_are_one_line_before_any_work(tmp_path):
+  existing_file = tmp_path / "report.txt"
+  existing_file.write_text("")
+  for args, expected in (([], "--workdir"), ([f"--workdir={tmp_path}", "extra"], "unexpected arguments extra"),
+                         ([f"--workdir={tmp_path}", f"--out={existing_file}"], f"--out={existing_file}")):
+    result = run_module(["-m", "fmnist_jax.evaluate", *args])
+    assert result.returncode == errors.EXIT_USER_ERROR, result.stderr[-2000:]
+    [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert expected in line and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert run_module(["-m", "fmnist_jax.evaluate", "--help"]).returncode == 0

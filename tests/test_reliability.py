@@ -414,6 +414,18 @@ def _under_a_file(tmp_path):
     ({"model.conv_features": (8, 0)}, "model.conv_features"),
     ({"batch_size": 60_001}, "batch_size"),  # More than the training split holds.
     ({"model.activation": "swishy"}, "model.activation"),
+    ({"model.activation": "Dense"}, "model.activation"),  # A flax.linen class, not an activation.
+    ({"model.pool_size": (30, 30)}, "model.pool_size"),  # Larger than the image.
+    ({"model.pool_size": (2, 2, 2)}, "model.pool_size"),
+    ({"model.conv_features": (8,) * 5}, "model.pool_size"),  # Five 2x2 pools of 28x28 leave nothing.
+    ({"learning_rate": -1.0}, "learning_rate"),
+    ({"learning_rate": 1.0}, "learning_rate"),
+    ({"learning_rate": float("nan")}, "learning_rate"),
+    ({"learning_rate": float("inf")}, "learning_rate"),
+    ({"b1": 1.5}, "b1"),
+    ({"b2": 1.0}, "b2"),
+    ({"eps": -1.0}, "eps"),
+    ({"eps": 0.0}, "eps"),
     ({"dtype": "float16"}, "dtype"),
     ({"data.manual_dir": "/nonexistent/fashion_mnist"}, "data.manual_dir"),
 ])
@@ -423,6 +435,35 @@ def test_bad_config_is_one_line_before_any_work(tmp_path, overrides, field):
     loop.train_and_evaluate(tiny_config(**overrides), workdir)
   assert f"config.{field}=" in str(raised.value) and "\n" not in str(raised.value)
   assert not os.path.exists(workdir)
+
+
+def test_every_allowed_activation_is_an_elementwise_flax_activation():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4)
+  for name in config_checks.ACTIVATIONS:
+    assert np.asarray(getattr(nn, name)(x)).shape == x.shape, name
+  from fmnist_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  assert input_pipeline.IMAGE_SHAPE[:2] == (config_checks.IMAGE_SIZE,) * 2
+
+
+BLOCKED = {"jax": "jax", "flax": "flax", "tensorflow": "tensorflow"}
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (("--config.model.activation=Dense",), "config.model.activation='Dense'"),
+    (("--config.learning_rate=nan",), "config.learning_rate=nan"),
+    (("--config.model.pool_size=(30,30)",), "config.model.pool_size=(30, 30)"),
+])
+def test_config_checks_run_before_jax_flax_or_tensorflow_are_imported(tmp_path, flags, expected):
+  """Those packages are made unimportable: the check must refuse the config before any of them loads."""
+  for name in BLOCKED:
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text(f"raise ImportError('{name} was imported')\n")
+  run = Training(str(tmp_path / "run"), *flags, env={"PYTHONPATH": os.pathsep.join([str(tmp_path), REPO])})
+  assert run.finish() == errors.EXIT_USER_ERROR, run.log()
+  [line] = run.error_lines()
+  assert expected in line and "was imported" not in run.log(), run.log()
+  assert not os.path.exists(tmp_path / "run")
 
 
 def test_unwritable_workdir_is_one_line(tmp_path):
