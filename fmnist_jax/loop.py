@@ -250,11 +250,12 @@ def train_and_evaluate_many(configs: Sequence, workdirs: Sequence[str],
   workdirs = [prepare(c, w) for c, w in zip(configs, workdirs)]
   with contextlib.ExitStack() as owner:
     for config, workdir in zip(configs, workdirs):  # Before anything is written or loaded.
-      owner.enter_context(run_folder.owned(config, workdir))
+      owner.enter_context(run_folder.owned(config, workdir, chief=jax.process_index() == 0))
     return _train_and_evaluate_owned(configs, workdirs, trainer)
 
 
 def _train_and_evaluate_owned(configs: Sequence, workdirs: Sequence[str], trainer: Optional[Trainer]):
+  """train_and_evaluate_many once this process owns the workdirs."""
   if trainer is None:
     trainer = Trainer(configs[0], vmapped=len(configs) > 1)
   elif program_key(trainer.config) != program_key(configs[0]):

@@ -13,6 +13,7 @@ from ml_collections import config_flags
 from fmnist_jax import cli
 from fmnist_jax import config_checks
 from fmnist_jax import errors
+from fmnist_jax import preemption
 from fmnist_jax import runtime
 
 FLAGS = flags.FLAGS
@@ -126,6 +127,7 @@ def main(argv):
 
 def run() -> None:
   """The `fmnist-train` console script."""
+  preemption.exit_at_once()
   app.run(main, flags_parser=parse_flags)
 
 

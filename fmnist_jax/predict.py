@@ -56,6 +56,7 @@ class Predictor:
     ckpt = checkpoints.Checkpointer(self.workdir, read_only=True)
     try:
       self.step, self.params = ckpt.restore_params(abstract_params)
+      self.skipped = ckpt.failures  # The newer steps that did not restore, each "step N: reason".
     finally:
       ckpt.close()
     self._probabilities = jax.jit(lambda params, x: jax.nn.softmax(model.apply({"params": params}, x)))
@@ -118,6 +119,9 @@ def main(argv):
   if loaded:
     try:
       predictor = Predictor(FLAGS.workdir or pretrained_dir())
+      if predictor.skipped:
+        print(f"warning: {predictor.workdir}: {'; '.join(predictor.skipped)}; predicting with the newest step that "
+              f"restores, step {predictor.step}", file=sys.stderr, flush=True)
       probabilities = dict(zip(loaded, predictor.probabilities(list(loaded.values()))))
     except errors.UserError as e:
       print(f"error: {e}", file=sys.stderr, flush=True)

@@ -81,6 +81,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     with open(path) as f:
       saved = json.load(f)
   except FileNotFoundError as e:
+    runs = runs_below(workdir) if os.path.isdir(workdir) else []
+    if runs:
+      raise errors.CheckpointError(
+          f"--workdir={workdir} is a sweep folder ({len(runs)} runs below it); point --workdir at one of them, "
+          f"e.g. --workdir={runs[0]}") from e
     raise errors.CheckpointError(f"{path} not found; --workdir must be a folder written by training") from e
   except (OSError, ValueError) as e:
     raise errors.CheckpointError(f"{path} is unreadable ({e}); restore it from the run's config") from e
@@ -173,16 +178,21 @@ def _version(package: str) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def owned(config, workdir: str) -> Iterator[None]:
+def owned(config, workdir: str, chief: bool = True) -> Iterator[None]:
   """Makes this process the one writer of `workdir` while the block runs, after checking that
   `config` may train there. Readers (predict, evaluate, plot) never take it.
 
   An advisory flock on <workdir>/lock, which the OS releases when the process ends however it ends
   (kill -9 leaves nothing stale). A second writer gets a ConfigError naming the holder and writes
-  nothing. The same process may enter it again (a sweep holds its points while each trains).
+  nothing. The same process may enter it again (a sweep holds its points while each trains). Of
+  the processes of one multi-host run only the chief (`chief`) takes it.
   """
   check_workdir(workdir)
   path = os.path.realpath(os.path.join(workdir, LOCK_FILE))
+  if not chief:
+    check_resume(config, workdir)
+    yield
+    return
   if path not in _held:
     lock = open(path, "a+")  # pylint: disable=consider-using-with  # Held until the block ends.
     try:
@@ -206,6 +216,21 @@ def owned(config, workdir: str) -> Iterator[None]:
     _held[path][1] -= 1
     if not _held[path][1]:
       _held.pop(path)[0].close()  # Closing the file releases the lock; the file stays.
+
+
+def is_run(path: str) -> bool:
+  return os.path.isfile(config_path(path))
+
+
+def runs_below(path: str) -> List[str]:
+  """The run folders (holding config.json) below `path`, sorted; a run's own subfolders hold none."""
+  runs = []
+  for root, dirs, _ in os.walk(path):
+    if root != path and is_run(root):
+      runs.append(root)
+      dirs.clear()
+    dirs.sort()
+  return sorted(runs)
 
 
 def check_workdir(workdir: str) -> None:

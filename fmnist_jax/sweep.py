@@ -34,6 +34,7 @@ import ml_collections
 from fmnist_jax import cli
 from fmnist_jax import config_checks
 from fmnist_jax import errors
+from fmnist_jax import preemption
 from fmnist_jax import run_folder
 
 RESULT_FILE = "sweep_result.json"  # In each point's workdir once it finished.
@@ -242,7 +243,7 @@ def run_sweep(base: ml_collections.ConfigDict, sweep_path: str, workdir: str,
         logging.info("Point %s finished earlier: skipped", p.name)
   with contextlib.ExitStack() as owner:
     for p in (p for todo in mine for p in todo):  # Another process on one of them: refused before any work.
-      owner.enter_context(run_folder.owned(p.config, p.workdir))
+      owner.enter_context(run_folder.owned(p.config, p.workdir, chief=is_chief))
     for todo in mine:
       if not todo:
         continue
@@ -366,6 +367,7 @@ def main(argv):
 def run() -> None:
   """The `fmnist-sweep` console script."""
   from fmnist_jax import main as train_cli  # pylint: disable=g-import-not-at-top  # --config, --workdir, --distributed.
+  preemption.exit_at_once()
   _define_flags()
   app.run(main, flags_parser=train_cli.parse_flags)
 

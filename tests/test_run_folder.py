@@ -137,3 +137,13 @@ def test_history_keeps_every_start_and_a_finished_rerun_rewrites_nothing(tmp_pat
   assert [r["config"]["learning_rate"] for r in records] == [1e-3, 3e-3]
   assert set(records[0]["versions"]) == set(run_folder.VERSIONED_PACKAGES) and records[0]["versions"]["jax"]
   assert run_folder.load_config(workdir).learning_rate == 3e-3
+
+
+def test_a_sweep_folder_given_as_a_run_is_named_as_such_with_a_point(tmp_path):
+  for name in ("seed=0", "seed=1"):
+    (tmp_path / name).mkdir()
+    run_folder.save_config(tiny_config(), str(tmp_path / name))
+  with pytest.raises(errors.CheckpointError) as raised:
+    run_folder.load_config(str(tmp_path))
+  assert str(raised.value) == (f"--workdir={tmp_path} is a sweep folder (2 runs below it); point --workdir at "
+                               f"one of them, e.g. --workdir={tmp_path / 'seed=0'}")
