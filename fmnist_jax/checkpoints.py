@@ -9,10 +9,12 @@ A save that cannot be written (disk full, permissions) is reported as one Checkp
 steps committed before it stay intact.
 """
 
+import asyncio
 import contextlib
 import logging as std_logging
 import os
 import re
+import sys
 from typing import Any, Optional, Tuple
 
 from absl import logging
@@ -33,12 +35,37 @@ def _not_unretrieved(record) -> bool:
   return "exception was never retrieved" not in record.getMessage()
 
 
+def _abandoned(unraisable) -> bool:
+  """A coroutine of a failed read or write closed late, or TensorStore's completion callback of a
+  failed write calling into the event loop Orbax already closed."""
+  return asyncio.iscoroutine(unraisable.object) or (
+      isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value))
+
+
+def drop_abandoned_work_reports() -> None:
+  """A failed Orbax read or write leaves work behind that Python reports as it dies, each with a
+  traceback ("Exception ignored in: <coroutine ...>", "RuntimeError: Event loop is closed"), before
+  and after the one line that reports the failure: that line says it all, so drop them."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_abandoned_work", False):
+    return
+
+  def hook(unraisable):
+    if not _abandoned(unraisable):
+      previous(unraisable)
+
+  hook.drops_abandoned_work = True
+  sys.unraisablehook = hook
+
+
 class Checkpointer:
   """An Orbax CheckpointManager with async saves, keep-last-N, and corruption fallback."""
 
   def __init__(self, workdir: str, *, max_to_keep: Optional[int] = None, read_only: bool = False):
     self.directory = checkpoint_dir(workdir)
     self._read_only = read_only
+    drop_abandoned_work_reports()  # Installed first: the reports come as the failure happens.
+    self.failures = []  # "step N: reason" of each newer step the last restore skipped.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=not read_only)
@@ -81,7 +108,7 @@ class Checkpointer:
           "permissions, then run the same command to resume") from e
 
   def _restore_newest(self, args_for_step, check=None) -> Tuple[Optional[int], Any]:
-    failures = []
+    self.failures = failures = []
     for step in self.steps():
       try:
         if check is not None:

@@ -19,6 +19,7 @@ import numpy as np
 
 import fmnist_jax
 from fmnist_jax import checkpoints
+from fmnist_jax import cli
 from fmnist_jax import errors
 from fmnist_jax import input_pipeline
 from fmnist_jax import metrics as metrics_lib
@@ -126,11 +127,11 @@ def write_report(evaluation: Evaluation, out_dir: str, num_mistakes: int) -> Lis
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  del argv  # cli.parse_flags refused positional arguments.
+  out = FLAGS.out or os.path.join(FLAGS.workdir, "evaluation")
+  errors.exit_on_error(lambda: cli.check_output_folder("--out", out))
   evaluation = errors.exit_on_error(lambda: evaluate_workdir(FLAGS.workdir))
-  paths = errors.exit_on_error(lambda: write_report(
-      evaluation, FLAGS.out or os.path.join(FLAGS.workdir, "evaluation"), FLAGS.num_mistakes))
+  paths = errors.exit_on_error(lambda: write_report(evaluation, out, FLAGS.num_mistakes))
   m = evaluation.metrics
   print(f"{FLAGS.workdir} at step {evaluation.step}, {len(evaluation.test.labels)} test images: "
         f"accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, precision {m['precision']:.4f}, "
@@ -141,16 +142,15 @@ def main(argv):
 
 def define_flags() -> None:
   """Only as a program: importing this module must not claim flag names (fmnist_jax.main has --workdir)."""
-  flags.DEFINE_string("workdir", None, "A training workdir (config.json and checkpoints/).")
+  cli.define_workdir("A training workdir (config.json and checkpoints/).", required=True)
   flags.DEFINE_string("out", None, "Folder for the CSV and PNGs (default: <workdir>/evaluation).")
   flags.DEFINE_integer("num_mistakes", 25, "How many confidently misclassified test images to show.", lower_bound=0)
-  flags.mark_flag_as_required("workdir")
 
 
 def run() -> None:
   """The `fmnist-evaluate` console script."""
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

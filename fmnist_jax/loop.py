@@ -10,6 +10,7 @@ config.json, checkpoints/ and train/ + eval/ event files, so a single run and a 
 each other.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -198,13 +199,10 @@ def non_finite_message(window_start: int, step: int, last_saved: Optional[int], 
 
 
 def prepare(config, workdir: str) -> str:
-  """Checks `config` and `workdir` before any work starts; returns the absolute workdir."""
+  """Checks `config` before any work starts; returns the absolute workdir."""
   config_checks.validate(config, jax.device_count())
-  workdir = os.path.abspath(workdir)
-  run_folder.check_workdir(workdir)
-  run_folder.check_same_model(config, workdir)
   runtime.use_compilation_cache(config.runtime)
-  return workdir
+  return os.path.abspath(workdir)
 
 
 class _Member:
@@ -250,6 +248,14 @@ def train_and_evaluate_many(configs: Sequence, workdirs: Sequence[str],
   if len({program_key(c) for c in configs}) != 1:
     raise ValueError("train_and_evaluate_many needs configs that differ only in " + ", ".join(VMAPPED_FIELDS))
   workdirs = [prepare(c, w) for c, w in zip(configs, workdirs)]
+  with contextlib.ExitStack() as owner:
+    for config, workdir in zip(configs, workdirs):  # Before anything is written or loaded.
+      owner.enter_context(run_folder.owned(config, workdir, chief=jax.process_index() == 0))
+    return _train_and_evaluate_owned(configs, workdirs, trainer)
+
+
+def _train_and_evaluate_owned(configs: Sequence, workdirs: Sequence[str], trainer: Optional[Trainer]):
+  """train_and_evaluate_many once this process owns the workdirs."""
   if trainer is None:
     trainer = Trainer(configs[0], vmapped=len(configs) > 1)
   elif program_key(trainer.config) != program_key(configs[0]):
@@ -284,7 +290,7 @@ def train_and_evaluate_many(configs: Sequence, workdirs: Sequence[str],
         states = trainer.stack([restored[i][1] for i in indices], group_configs)
       if is_chief:
         for m in group:
-          run_folder.save_config(m.config, m.workdir)
+          run_folder.record_start(m.config, m.workdir, step, trainer.num_steps)
       for i, outcome in zip(indices, _train(trainer, group, states, step)):
         outcomes[i] = outcome
     return outcomes

@@ -9,6 +9,8 @@ import types
 from absl import app
 from absl import flags
 
+from fmnist_jax import cli
+
 # TensorBoard reads event files with its TF-free stub once this module exists; importing TensorFlow
 # (when installed) would only add seconds.
 sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
@@ -19,18 +21,17 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Only as a program: importing this module must not claim flag names."""
-  flags.DEFINE_string("workdir", None, "A training workdir, or a folder of workdirs (a sweep) to overlay.")
+  cli.define_workdir("A training workdir, or a folder of workdirs (a sweep) to overlay.", required=True)
   flags.DEFINE_string("out", None, "Folder for the PNGs (default: <workdir>/plots).")
   flags.DEFINE_list("metrics", None, "Logged metrics to plot, one PNG each (default: loss, accuracy, precision).")
-  flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  del argv  # cli.parse_flags refused positional arguments.
   from fmnist_jax import errors  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
   from fmnist_jax import plotting  # pylint: disable=g-import-not-at-top
   out = FLAGS.out or os.path.join(FLAGS.workdir, "plots")
+  errors.exit_on_error(lambda: cli.check_output_folder("--out", out))
   metrics = FLAGS.metrics or plotting.CURVE_METRICS
   runs = errors.exit_on_error(lambda: plotting.load_runs(FLAGS.workdir))
   paths = errors.exit_on_error(lambda: plotting.write_curves(runs, out, metrics))
@@ -43,7 +44,7 @@ def main(argv):
 def run() -> None:
   """The `fmnist-plot` console script."""
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -39,28 +39,26 @@ class Run:
   name: str
   steps_per_epoch: int
   scalars: Dict[str, Dict[str, Series]]  # split -> tag -> Series
+  experiment: Dict[str, object] = dataclasses.field(default_factory=dict)  # Config fields but seed and runtime.*.
 
 
-def _is_run(path: str) -> bool:
-  return os.path.isfile(run_folder.config_path(path))
+def experiment(config) -> Dict[str, object]:
+  """The dotted fields of `config` that define the experiment: all but the seed and config.runtime
+  (how it executed). Runs equal in these are repeats of one experiment."""
+  return {k: v for k, v in run_folder.flat(config) if k != "seed" and not k.startswith("runtime.")}
 
 
 def find_runs(path: str) -> List[str]:
   """`path` if it is a run (holds config.json), else every run below it, sorted."""
   if not os.path.isdir(path):
     raise errors.UserError(f"--workdir={path} is not a folder; point it at a training workdir or a sweep folder")
-  if _is_run(path):
+  if run_folder.is_run(path):
     return [path]
-  runs = []
-  for root, dirs, _ in os.walk(path):
-    if _is_run(root):
-      runs.append(root)
-      dirs.clear()  # A run's own subfolders hold no further runs.
-    dirs.sort()
+  runs = run_folder.runs_below(path)
   if not runs:
     raise errors.UserError(f"no run in {path}: expected a workdir written by training (config.json, train/ and "
                            "eval/ event files) or a folder of such workdirs")
-  return sorted(runs)
+  return runs
 
 
 def read_scalars(logdir: str) -> Dict[str, Series]:
@@ -102,7 +100,8 @@ def load_run(path: str, name: Optional[str] = None) -> Run:
     raise errors.UserError(f"no scalar summaries in {path}/train or {path}/eval event files; train the run "
                            "(or let it reach its first log step) before plotting")
   return Run(name=name or os.path.basename(os.path.normpath(path)),
-             steps_per_epoch=config_checks.TRAIN_EXAMPLES // config.batch_size, scalars=scalars)
+             steps_per_epoch=config_checks.TRAIN_EXAMPLES // config.batch_size, scalars=scalars,
+             experiment=experiment(config))
 
 
 def load_runs(path: str) -> List[Run]:
@@ -179,20 +178,32 @@ def final_values(run: Run, metrics: Sequence[str] = CURVE_METRICS) -> Dict[str, 
 
 
 def final_table(runs: Sequence[Run], metrics: Sequence[str] = CURVE_METRICS) -> List[Dict[str, object]]:
-  """One row of final values per run; over several runs, mean and sample std (ddof=1) rows too.
+  """One row of final values per run; then, for each experiment repeated over seeds (runs that differ
+  only in seed), its mean and sample std (ddof=1) rows, labelled by what sets it apart from the others.
 
   Only columns every run logged are kept, so a summary never mixes runs that lack a metric.
   """
   per_run = [final_values(run, metrics) for run in runs]
   columns = [c for c in per_run[0] if all(c in values for values in per_run)]
   rows = [{"run": run.name, **{c: values[c] for c in columns}} for run, values in zip(runs, per_run)]
-  if len(runs) > 1:
-    table = np.array([[values[c] for c in columns] for values in per_run], np.float64)
-    rows.append({"run": "mean", **dict(zip(columns, table.mean(axis=0).tolist()))})
-    rows.append({"run": "std", **dict(zip(columns, table.std(axis=0, ddof=1).tolist()))})
-    steps = {values["step"] for values in per_run}
+  groups: Dict[str, List[int]] = {}
+  for i, run in enumerate(runs):
+    groups.setdefault(repr(sorted(run.experiment.items())), []).append(i)
+  varying = sorted({k for run in runs for k, v in run.experiment.items()
+                    if any(other.experiment.get(k) != v for other in runs)})
+  for members in groups.values():
+    if len(members) < 2:
+      continue
+    label = ", ".join(f"{k}={runs[members[0]].experiment.get(k)}" for k in varying)
+    table = np.array([[per_run[i][c] for c in columns] for i in members], np.float64)
+    for stat, values in (("mean", table.mean(axis=0)), ("std", table.std(axis=0, ddof=1))):
+      rows.append({"run": f"{stat} ({label})" if label else stat, **dict(zip(columns, values.tolist()))})
+    steps = {per_run[i]["step"] for i in members}
     if len(steps) > 1:
       logging.warning("the runs end at different steps %s: their summary mixes unfinished runs", sorted(steps))
+  if len(groups) > 1:
+    logging.info("%d experiments (runs differing in more than the seed): mean and std only over each one's seeds",
+                 len(groups))
   return rows
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from fmnist_jax import CLASS_NAMES
 from fmnist_jax import checkpoints
+from fmnist_jax import cli
 from fmnist_jax import errors
 from fmnist_jax import images as images_lib
 from fmnist_jax import input_pipeline
@@ -55,6 +56,7 @@ class Predictor:
     ckpt = checkpoints.Checkpointer(self.workdir, read_only=True)
     try:
       self.step, self.params = ckpt.restore_params(abstract_params)
+      self.skipped = ckpt.failures  # The newer steps that did not restore, each "step N: reason".
     finally:
       ckpt.close()
     self._probabilities = jax.jit(lambda params, x: jax.nn.softmax(model.apply({"params": params}, x)))
@@ -93,8 +95,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Only as a program: importing this module must not claim flag names."""
-  flags.DEFINE_string("workdir", None, "A training workdir (its config.json and checkpoints/); "
-                      "default: the shipped pretrained model.")
+  cli.define_workdir("A training workdir (its config.json and checkpoints/); default: the shipped pretrained "
+                     "model.")
   flags.DEFINE_integer("top_k", None, "Also show the K most likely classes with their probabilities.",
                        lower_bound=1)
   flags.DEFINE_bool("json", False, "Print one JSON object per image and line: path, predicted_class, "
@@ -104,7 +106,8 @@ def define_flags() -> None:
 def main(argv):
   paths = argv[1:]
   if not paths:
-    raise app.UsageError("pass one or more image files")
+    errors.fail("no image given; pass one or more image files: python -m fmnist_jax.predict IMAGE [IMAGE ...]",
+                errors.EXIT_USER_ERROR)
   if not FLAGS["verbosity"].present:  # absl would log INFO; Orbax warns about every read-only restore.
     logging.set_verbosity(logging.ERROR)
   loaded, failed = {}, {}
@@ -116,6 +119,9 @@ def main(argv):
   if loaded:
     try:
       predictor = Predictor(FLAGS.workdir or pretrained_dir())
+      if predictor.skipped:
+        print(f"warning: {predictor.workdir}: {'; '.join(predictor.skipped)}; predicting with the newest step that "
+              f"restores, step {predictor.step}", file=sys.stderr, flush=True)
       probabilities = dict(zip(loaded, predictor.probabilities(list(loaded.values()))))
     except errors.UserError as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
@@ -145,7 +151,7 @@ def main(argv):
 def run() -> None:
   """The `fmnist-predict` console script."""
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags_and_paths)
 
 
 if __name__ == "__main__":

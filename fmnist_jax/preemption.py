@@ -1,11 +1,23 @@
-"""SIGTERM/SIGINT → finish the current step, checkpoint, flush, exit. Orbax only detects
-preemption through JAX's multi-host service, so single-host jobs need this handler."""
+"""SIGTERM/SIGINT at any moment end the process with errors.EXIT_INTERRUPTED, nothing half-written.
+
+While training steps run (`stop_on_signals`): finish the current step, checkpoint, flush, exit.
+Orbax only detects preemption through JAX's multi-host service, so single-host jobs need this
+handler. Before and after them (`exit_at_once`, installed by the command lines at start: flags,
+data loading, compiling, the final evaluation): exit at once, since every file is written
+atomically (config.json by rename, history.jsonl in one append, checkpoints by Orbax's commit).
+"""
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 
 from absl import logging
+
+from fmnist_jax import errors
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopRequest:
@@ -25,8 +37,24 @@ class StopRequest:
     return self._event.is_set()
 
 
+def exit_at_once() -> None:
+  """For the whole process (main thread only): a signal ends it at once; stop_on_signals takes over
+  while training steps run."""
+  for s in SIGNALS:
+    signal.signal(s, _exit_now)
+
+
+def _exit_now(signum, frame) -> None:
+  del frame
+  logging.flush()
+  sys.stderr.write(f"error: stopped by {signal.Signals(signum).name} outside the training steps (start-up or the "
+                   "end: nothing half-written, every saved checkpoint intact); run the same command to resume\n")
+  sys.stderr.flush()
+  os._exit(errors.EXIT_INTERRUPTED)  # pylint: disable=protected-access  # No teardown to wait for: see above.
+
+
 @contextlib.contextmanager
-def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)):
+def stop_on_signals(signals=SIGNALS):
   """Installs the handlers (main thread only) and restores the previous ones on exit."""
   request = StopRequest()
   if threading.current_thread() is not threading.main_thread():

@@ -1,13 +1,20 @@
-"""A run's folder: its config.json, read back with today's defaults for fields it predates.
+"""A run's folder: its one writer, its config.json (read back with today's defaults for fields it
+predates).
 
-Layout of a workdir: config.json (the resolved config), checkpoints/ (Orbax), train/ and eval/
-(TensorBoard event files). The defaults come from the base experiment installed with the package
-(`fmnist_jax.experiments`, the repository's experiments/ folder), never from a path beside it.
+Layout of a workdir: config.json (the config of the latest start), history.jsonl (every start and
+resume), checkpoints/ (Orbax), train/ and eval/ (TensorBoard event files), lock (held by the
+process training in it). A resume may change only the RESUME_SAFE fields. The defaults come from the
+base experiment installed with the package (`fmnist_jax.experiments`, the repository's
+experiments/ folder), never from a path beside it.
 """
 
+import contextlib
+import datetime
+import fcntl
+import importlib.metadata
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Iterator, List, Optional
 
 import ml_collections
 
@@ -15,6 +22,21 @@ from fmnist_jax import errors
 from fmnist_jax import runtime
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = "lock"  # flock'ed by the one process writing the folder; holds that process's PID.
+HISTORY_FILE = "history.jsonl"  # One record per start or resume: time, step range, versions, config.
+VERSIONED_PACKAGES = ("jax", "flax", "optax", "orbax-checkpoint")  # Their versions go in each history record.
+# The fields a resumed run may change: they keep the model and the step -> images mapping (which images
+# step s trains on: seed, batch_size, dataset) intact. A name ending in "." covers the section. Every other
+# field must match the saved run, including fields added to the project later, until listed here.
+RESUME_SAFE = (
+    "learning_rate", "b1", "b2", "eps",  # Optimizer hyperparameters: restored runs take the config's.
+    "num_epochs", "num_train_steps",  # Train longer; a run already past the end only evaluates.
+    "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep", "eval_batch_size",
+    "data.source", "data.data_dir", "data.manual_dir", "data.idx_dirs",  # Where the same images are read from.
+    "runtime.",  # How the run executes, never what it computes.
+)
+_ABSENT = object()  # Stands for a field one of two configs lacks.
+_held: Dict[str, list] = {}  # Lock path -> [open file, depth]: this process's own locks, taken again freely.
 
 
 def config_path(workdir: str) -> str:
@@ -59,6 +81,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     with open(path) as f:
       saved = json.load(f)
   except FileNotFoundError as e:
+    runs = runs_below(workdir) if os.path.isdir(workdir) else []
+    if runs:
+      raise errors.CheckpointError(
+          f"--workdir={workdir} is a sweep folder ({len(runs)} runs below it); point --workdir at one of them, "
+          f"e.g. --workdir={runs[0]}") from e
     raise errors.CheckpointError(f"{path} not found; --workdir must be a folder written by training") from e
   except (OSError, ValueError) as e:
     raise errors.CheckpointError(f"{path} is unreadable ({e}); restore it from the run's config") from e
@@ -68,17 +95,142 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(_merged(defaults, upgrade(saved)))
 
 
-def check_same_model(config, workdir: str) -> None:
-  """A workdir trained with other model shapes cannot resume under this config."""
+def resume_safe(field: str) -> bool:
+  """Whether a resumed run may change `field` (a dotted config path)."""
+  return any(field == safe or (safe.endswith(".") and field.startswith(safe)) for safe in RESUME_SAFE)
+
+
+def _flat(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+  return out
+
+
+def flat(config) -> List[tuple]:
+  """(dotted field name, value) of every field of `config`, in the config's own order."""
+  out = []
+  for key, value in config.items():
+    out.extend((f"{key}.{k}", v) for k, v in flat(value)) if hasattr(value, "items") else out.append((key, value))
+  return out
+
+
+def _flag_value(value) -> str:
+  return f"'({', '.join(map(str, value))}{',' if len(value) == 1 else ''})'" if isinstance(value, list) else str(value)
+
+
+def check_resume(config, workdir: str) -> None:
+  """`config` may go on with the run saved in `workdir`: it differs only in RESUME_SAFE fields."""
   if not os.path.exists(config_path(workdir)):
     return
-  saved = load_config(workdir).model.to_dict()
-  current = json.loads(config.model.to_json_best_effort())
-  if saved != current:
-    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+  saved = _flat(json.loads(load_config(workdir).to_json_best_effort()))
+  current = _flat(json.loads(config.to_json_best_effort()))
+  changed = [k for k in sorted(set(saved) | set(current))
+             if saved.get(k, _ABSENT) != current.get(k, _ABSENT) and not resume_safe(k)]
+  if changed:
+    was = ", ".join(f"{k}={saved.get(k, 'absent')!r} (now {current.get(k, 'absent')!r})" for k in changed)
+    fix = " ".join(f"--config.{k}={_flag_value(saved[k])}" for k in changed if k in saved)
     raise errors.CheckpointError(
-        f"{workdir} was trained with a different model ({', '.join(f'model.{k}={saved.get(k)}' for k in diff)}); "
-        "use that config or a new --workdir")
+        f"--workdir={workdir} was trained with {was}; resuming cannot change {'them' if len(changed) > 1 else 'it'} "
+        f"(the model, or which images each step trains on); pass {fix or 'its saved config'} to resume it, "
+        "or choose a new --workdir")
+
+
+def record_start(config, workdir: str, start_step: int, end_step: int) -> None:
+  """Before training steps [start_step, end_step): appends the run's record to history.jsonl and
+  saves `config` as config.json. A run already past end_step trains nothing and keeps its record."""
+  if start_step >= end_step:
+    return
+  record = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "steps": [start_step, end_step], "pid": os.getpid(),
+            "versions": {name: _version(name) for name in VERSIONED_PACKAGES},
+            "config": json.loads(config.to_json_best_effort())}
+  # One write() of one line on an O_APPEND file: records never interleave, a kill leaves at most a cut last line.
+  fd = os.open(os.path.join(workdir, HISTORY_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode())
+  finally:
+    os.close(fd)
+  save_config(config, workdir)
+
+
+def read_history(workdir: str) -> List[Dict[str, Any]]:
+  """The records of history.jsonl, oldest first (a line cut short by a kill is skipped)."""
+  try:
+    with open(os.path.join(workdir, HISTORY_FILE)) as f:
+      lines = f.read().splitlines()
+  except FileNotFoundError:
+    return []
+  records = []
+  for line in lines:
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      continue
+  return records
+
+
+def _version(package: str) -> Optional[str]:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+@contextlib.contextmanager
+def owned(config, workdir: str, chief: bool = True) -> Iterator[None]:
+  """Makes this process the one writer of `workdir` while the block runs, after checking that
+  `config` may train there. Readers (predict, evaluate, plot) never take it.
+
+  An advisory flock on <workdir>/lock, which the OS releases when the process ends however it ends
+  (kill -9 leaves nothing stale). A second writer gets a ConfigError naming the holder and writes
+  nothing. The same process may enter it again (a sweep holds its points while each trains). Of
+  the processes of one multi-host run only the chief (`chief`) takes it.
+  """
+  check_workdir(workdir)
+  path = os.path.realpath(os.path.join(workdir, LOCK_FILE))
+  if not chief:
+    check_resume(config, workdir)
+    yield
+    return
+  if path not in _held:
+    lock = open(path, "a+")  # pylint: disable=consider-using-with  # Held until the block ends.
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      lock.seek(0)
+      holder = lock.read().strip()
+      lock.close()
+      raise errors.ConfigError(
+          f"--workdir={workdir} is being trained by process {holder or '(starting)'} (it holds {path}); "
+          "wait for it to end, stop it, or choose another --workdir") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    _held[path] = [lock, 0]
+  _held[path][1] += 1
+  try:
+    check_resume(config, workdir)
+    yield
+  finally:
+    _held[path][1] -= 1
+    if not _held[path][1]:
+      _held.pop(path)[0].close()  # Closing the file releases the lock; the file stays.
+
+
+def is_run(path: str) -> bool:
+  return os.path.isfile(config_path(path))
+
+
+def runs_below(path: str) -> List[str]:
+  """The run folders (holding config.json) below `path`, sorted; a run's own subfolders hold none."""
+  runs = []
+  for root, dirs, _ in os.walk(path):
+    if root != path and is_run(root):
+      runs.append(root)
+      dirs.clear()
+    dirs.sort()
+  return sorted(runs)
 
 
 def check_workdir(workdir: str) -> None:

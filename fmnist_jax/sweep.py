@@ -20,7 +20,6 @@ sweep with `--part=I/N` (e.g. one per GPU).
 import contextlib
 import csv
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -32,13 +31,20 @@ from absl import flags
 from absl import logging
 import ml_collections
 
+from fmnist_jax import cli
+from fmnist_jax import config_checks
 from fmnist_jax import errors
+from fmnist_jax import preemption
+from fmnist_jax import run_folder
 
 RESULT_FILE = "sweep_result.json"  # In each point's workdir once it finished.
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax.monitoring event of each XLA compile.
 CACHE_SUBDIR = "compilation_cache"  # The CLI's default config.runtime.compilation_cache_dir, inside the sweep folder.
 METRICS = ("accuracy", "loss", "precision", "recall")  # Final evaluation on the test split.
 FIGURE_WIDTH_IN, BAR_HEIGHT_IN, DPI = 10.0, 0.35, 100
+# A finished point whose final accuracy is below this multiple of chance (1 / num_classes) learned
+# nothing: its loss exploded without turning NaN (or it barely trained). Status "chance", not "ok".
+CHANCE_MULTIPLE = 1.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,22 +60,7 @@ class Point:
 
 def load_sweep(path: str) -> List[Dict[str, Any]]:
   """The override dicts of the sweep file at `path`, or ConfigError naming what is wrong."""
-  if not os.path.isfile(path):
-    raise errors.ConfigError(f"--sweep={path}: no such file; point it at a sweep file such as "
-                             "experiments/sweeps/lr.py")
-  spec = importlib.util.spec_from_file_location("fmnist_sweep_definition", path)
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-  except Exception as e:  # pylint: disable=broad-except  # Any error in the user's file is theirs to fix.
-    raise errors.ConfigError(f"--sweep={path} cannot be loaded ({_describe(e)}); fix the file") from e
-  if not callable(getattr(module, "get_sweep", None)):
-    raise errors.ConfigError(f"--sweep={path} has no get_sweep(); define get_sweep() returning a list of "
-                             "override dicts")
-  try:
-    points = module.get_sweep()
-  except Exception as e:  # pylint: disable=broad-except
-    raise errors.ConfigError(f"--sweep={path}: get_sweep() failed ({_describe(e)}); fix the file") from e
+  points = cli.call_file_function(path, "get_sweep", "--sweep")
   if not isinstance(points, (list, tuple)) or not points:
     raise errors.ConfigError(f"--sweep={path}: get_sweep() returned {type(points).__name__} {points!r:.80}; "
                              "return a non-empty list of override dicts")
@@ -78,10 +69,6 @@ def load_sweep(path: str) -> List[Dict[str, Any]]:
       raise errors.ConfigError(f"--sweep={path}: point {i} is {point!r:.80}; each point must be a dict of "
                                "dotted config keys to values")
   return [dict(p) for p in points]
-
-
-def _describe(e: Exception) -> str:
-  return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
 
 
 def _format_value(value) -> str:
@@ -120,9 +107,10 @@ def point_config(base: ml_collections.ConfigDict, overrides: Dict[str, Any], whe
   return config
 
 
-def plan(base: ml_collections.ConfigDict, sweep_path: str, workdir: str, num_devices: int) -> List[Point]:
-  """The sweep's points, every config checked before anything trains."""
-  from fmnist_jax import config_checks  # pylint: disable=g-import-not-at-top  # Imports flax: after flag parsing.
+def plan(base: ml_collections.ConfigDict, sweep_path: str, workdir: str,
+         num_devices: Optional[int] = None) -> List[Point]:
+  """The sweep's points, every config checked before anything trains (without `num_devices`: the
+  checks config_checks.validate makes before JAX is set up)."""
   points, names = [], {}
   for i, overrides in enumerate(load_sweep(sweep_path)):
     where = f"--sweep={sweep_path} point {i} ({point_name(overrides)})"
@@ -247,22 +235,25 @@ def run_sweep(base: ml_collections.ConfigDict, sweep_path: str, workdir: str,
   is_chief = jax.process_index() == 0
   index, count = part
   trainers = {}
+  mine = []
   for group in groups(points, vmap_members)[index::count]:  # Grouped before skipping: stable across parts.
-    todo = []
+    mine.append([p for p in group if _finished(p) is None])
     for p in group:
-      if _finished(p) is None:
-        todo.append(p)
-      else:
+      if p not in mine[-1]:
         logging.info("Point %s finished earlier: skipped", p.name)
-    if not todo:
-      continue
-    logging.info("Training %s (%s)", ", ".join(p.name for p in todo), "vmapped" if len(todo) > 1 else "alone")
-    for record in _train_group(todo, trainers):
+  with contextlib.ExitStack() as owner:
+    for p in (p for todo in mine for p in todo):  # Another process on one of them: refused before any work.
+      owner.enter_context(run_folder.owned(p.config, p.workdir, chief=is_chief))
+    for todo in mine:
+      if not todo:
+        continue
+      logging.info("Training %s (%s)", ", ".join(p.name for p in todo), "vmapped" if len(todo) > 1 else "alone")
+      for record in _train_group(todo, trainers):
+        if is_chief:
+          _write_atomically(os.path.join(os.path.abspath(workdir), record["name"], RESULT_FILE),
+                            lambda tmp, record=record: _write_json(tmp, record))
       if is_chief:
-        _write_atomically(os.path.join(os.path.abspath(workdir), record["name"], RESULT_FILE),
-                          lambda tmp, record=record: _write_json(tmp, record))
-    if is_chief:
-      write_results(workdir, _finished_records(points))
+        write_results(workdir, _finished_records(points))
   records = _finished_records(points)
   if is_chief and records:
     write_results(workdir, records)
@@ -284,9 +275,16 @@ def _rows(records: Sequence[dict]) -> tuple:
   for r in records:
     rows.append([r["name"]] + [_format_value(r["overrides"].get(k, "")) for k in keys]
                 + [r["metrics"][m] for m in METRICS]
-                + [round(r["train_time_s"], 1), round(r["compile_time_s"], 1), r["trained_with"],
-                   "diverged" if r["error"] else "ok"])
+                + [round(r["train_time_s"], 1), round(r["compile_time_s"], 1), r["trained_with"], status(r)])
   return header, rows
+
+
+def status(record: dict) -> str:
+  """A point's status: "diverged" (loss turned NaN/Inf), "chance" (final accuracy near chance) or "ok"."""
+  if record["error"]:
+    return "diverged"
+  chance = 1.0 / record["config"]["model"]["num_classes"]
+  return "chance" if not record["metrics"]["accuracy"] >= CHANCE_MULTIPLE * chance else "ok"
 
 
 def write_results(workdir: str, records: Sequence[dict]) -> None:
@@ -304,6 +302,9 @@ def write_results(workdir: str, records: Sequence[dict]) -> None:
   for row in rows:
     lines.append("| " + " | ".join(f"{v:.4f}" if h in METRICS else str(v) for h, v in zip(header, row)) + " |")
   notes = [f"- {r['name']}: {r['error']}" for r in records if r["error"]]
+  notes += [f"- {r['name']}: final accuracy {r['metrics']['accuracy']:.4f} is no better than chance: its loss "
+            f"exploded ({r['metrics']['loss']:.4g}) or it barely trained; lower learning_rate"
+            for r in records if status(r) == "chance"]
   text = "\n".join(lines) + "\n"
   text += ("\n" + "\n".join(notes) + "\n" if notes else "")
   text += ("\ntrain_time_s: wall seconds of the call that finished the point (data, compiling, training, "
@@ -327,13 +328,13 @@ def _plot(path: str, records: Sequence[dict]) -> None:
   axes = fig.subplots(1, 2, sharey=True)
   for ax, metric in zip(axes, ("accuracy", "loss")):
     values = [r["metrics"][metric] for r in records]
-    bars = ax.barh(range(len(records)), values, color=["tab:red" if r["error"] else "tab:blue" for r in records])
+    bars = ax.barh(range(len(records)), values, color=["tab:blue" if status(r) == "ok" else "tab:red" for r in records])
     ax.bar_label(bars, fmt="%.4f", fontsize=8)
     ax.set_title(f"final eval {metric}")
     ax.margins(x=0.2)
   axes[0].set_yticks(range(len(records)), names, fontsize=8)
   axes[0].invert_yaxis()
-  fig.suptitle("sweep points (red: loss turned NaN/Inf)")
+  fig.suptitle("sweep points (red: loss turned NaN/Inf, or accuracy no better than chance)")
   fig.savefig(path, format="png")
 
 
@@ -352,22 +353,23 @@ def _define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
+  del argv  # parse_flags refused positional arguments.
   flag_values = flags.FLAGS
   if flag_values.config.runtime.compilation_cache_dir is None:  # Points trained one by one load, not compile, their programs.
     flag_values.config.runtime.compilation_cache_dir = os.path.join(os.path.abspath(flag_values.workdir), CACHE_SUBDIR)
-  from fmnist_jax import main as cli  # pylint: disable=g-import-not-at-top
-  cli.prepare_process()
+  errors.exit_on_error(lambda: plan(flag_values.config, flag_values.sweep, flag_values.workdir))  # Before JAX.
+  from fmnist_jax import main as train_cli  # pylint: disable=g-import-not-at-top
+  train_cli.prepare_process()
   errors.exit_on_error(lambda: run_sweep(flag_values.config, flag_values.sweep, flag_values.workdir,
                                          flag_values.vmap_members, parse_part(flag_values.part)))
 
 
 def run() -> None:
   """The `fmnist-sweep` console script."""
-  from fmnist_jax import main as cli  # pylint: disable=g-import-not-at-top  # --config, --workdir, --distributed.
+  from fmnist_jax import main as train_cli  # pylint: disable=g-import-not-at-top  # --config, --workdir, --distributed.
+  preemption.exit_at_once()
   _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=train_cli.parse_flags)
 
 
 if __name__ == "__main__":

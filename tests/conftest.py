@@ -1,5 +1,6 @@
 """Shared fixtures: real Fashion-MNIST (offline), tiny configs, and a subprocess runner."""
 
+import contextlib
 import gzip
 import os
 import subprocess
@@ -97,3 +98,17 @@ def tiny_run(tmp_path_factory):
   from fmnist_jax import loop
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
   return workdir, loop.train_and_evaluate(tiny_config(), workdir)
+
+
+# config_checks refuses learning rates that diverge; tests of the NaN guard behind it switch the check off,
+# in-process (unchecked_optimizer) or as a fmnist_jax.main command line (python -c UNCHECKED_OPTIMIZER_MAIN).
+UNCHECKED_OPTIMIZER_MAIN = ("from fmnist_jax import config_checks, main\n"
+                            "config_checks.check_optimizer = lambda config: None\nmain.run()\n")
+
+
+@contextlib.contextmanager
+def unchecked_optimizer():
+  from fmnist_jax import config_checks
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(config_checks, "check_optimizer", lambda config: None)
+    yield

@@ -111,3 +111,16 @@ def test_shipped_model_scores_the_readme_accuracy_exactly(monkeypatch, fmnist):
   assert len(evaluation.test.labels) == 10_000
   assert correct == round(float(stated.group(1)) * 100), (
       f"pretrained/ classifies {correct} of 10,000 test images correctly; README.md states {stated.group(1)}%")
+
+
+@pytest.mark.slow
+def test_cli_usage_mistakes_are_one_line_before_any_work(tmp_path):
+  existing_file = tmp_path / "report.txt"
+  existing_file.write_text("")
+  for args, expected in (([], "--workdir"), ([f"--workdir={tmp_path}", "extra"], "unexpected arguments extra"),
+                         ([f"--workdir={tmp_path}", f"--out={existing_file}"], f"--out={existing_file}")):
+    result = run_module(["-m", "fmnist_jax.evaluate", *args])
+    assert result.returncode == errors.EXIT_USER_ERROR, result.stderr[-2000:]
+    [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert expected in line and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert run_module(["-m", "fmnist_jax.evaluate", "--help"]).returncode == 0

@@ -1,6 +1,8 @@
 """The command line end to end on real Fashion-MNIST: train, resume, TensorBoard files, errors."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -83,3 +85,65 @@ def test_entry_point_errors_are_one_line(flags, expected):
   lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
   assert "Traceback" not in result.stderr
+
+
+def _run_in(folder, args):
+  """`python -m ARGS` with `folder` as the current folder."""
+  return subprocess.run([sys.executable, "-m", *args], cwd=folder, capture_output=True, text=True, timeout=300,
+                        env={**os.environ, **NO_TF})
+
+
+@pytest.mark.parametrize("args", [
+    ["fmnist_jax.main", f"--config={REPO}/experiments/base.py", "--workdir="],
+    ["fmnist_jax.main", f"--config={REPO}/experiments/base.py", "--workdir=  "],
+    ["fmnist_jax.sweep", f"--config={REPO}/experiments/base.py", "--workdir=", f"--sweep={REPO}/experiments/sweeps/lr.py"],
+    ["fmnist_jax.evaluate", "--workdir= "],
+    ["fmnist_jax.predict", "--workdir=", f"{REPO}/test_imgs/0.png"],
+    ["fmnist_jax.plot", "--workdir=\t"],
+], ids=lambda args: args[0].split(".")[1])
+def test_an_empty_workdir_is_one_line_and_writes_nothing(tmp_path, args):
+  result = _run_in(tmp_path, args)
+  assert result.returncode == errors.EXIT_USER_ERROR, result.stderr[-2000:]
+  [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert "--workdir is empty" in line and "Traceback" not in result.stderr
+  assert not os.listdir(tmp_path)
+
+
+PRINT_CONFIG = ("import sys\nfrom fmnist_jax import main\nmain.parse_flags(sys.argv)\nc = main.FLAGS.config\n"
+                "print(c.model.conv_features, c.model.kernel_size, c.seed, c.runtime.halt_on_nan, c.model.activation)")
+
+
+def test_a_repeated_config_flag_takes_its_last_value_for_every_type():
+  result = run_module(["-c", PRINT_CONFIG, "--config=experiments/base.py", "--workdir=x",
+                       "--config.model.conv_features=(8,8)", "--config.model.conv_features=(4,)",
+                       "--config.model.kernel_size=(3,3)", "--config.model.kernel_size", "()",
+                       "--config.seed", "3", "--config.seed=4",
+                       "--config.runtime.halt_on_nan", "--noconfig.runtime.halt_on_nan",
+                       "--config.model.activation=relu", "--config.model.activation", "gelu"], env=NO_TF)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ["(4,)", "()", "4", "False", "gelu"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("def get_config(:\n", "cannot be loaded (SyntaxError: invalid syntax"),
+    ("CONFIG = 1\n", "has no get_config()"),
+    ("def helper():\n  raise ValueError('the real cause')\ndef get_config():\n  return helper()\n",
+     "get_config() failed (ValueError: the real cause)"),
+    ("def get_config():\n  return {'seed': 1}\n", "get_config() returned dict"),
+])
+def test_a_broken_config_file_is_one_line_naming_its_cause(tmp_path, text, expected):
+  (tmp_path / "config.py").write_text(text)
+  result = run_module(["-m", "fmnist_jax.main", f"--config={tmp_path}/config.py", "--workdir=x"], env=NO_TF)
+  assert result.returncode == errors.EXIT_USER_ERROR, result.stderr[-2000:]
+  [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert expected in line and f"--config={tmp_path}/config.py" in line and "Traceback" not in result.stderr
+
+
+def test_extra_arguments_are_one_line_and_help_exits_0_listing_the_config_fields():
+  result = run_module(["-m", "fmnist_jax.main", "--config=experiments/base.py", "--workdir=x", "extra"], env=NO_TF)
+  assert result.returncode == errors.EXIT_USER_ERROR
+  assert result.stderr.strip().splitlines() == ["error: unexpected arguments extra; every setting is a --flag "
+                                                "(see --help)"]
+  result = run_module(["-m", "fmnist_jax.main", "--help"], env=NO_TF)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "--config.model.conv_features=(64, 64)" in result.stdout and "--workdir" in result.stdout

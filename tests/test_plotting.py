@@ -115,3 +115,18 @@ def test_run_without_event_files_is_a_user_error(tmp_path):
   (tmp_path / "eval").mkdir()
   with pytest.raises(errors.UserError, match="no scalar summaries"):
     plotting.load_runs(str(tmp_path))
+
+
+def test_sweep_of_different_models_has_a_mean_and_std_per_model_over_its_seeds_only(tmp_path):
+  finals = {("32", 0): 0.80, ("32", 1): 0.82, ("64", 0): 0.90, ("64", 1): 0.94, ("128", 0): 0.95}
+  for (width, seed), acc in finals.items():
+    run = tmp_path / f"width={width},seed={seed}"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"seed": seed, "model": {"dense_features": int(width)}}))
+    write_scalars(run / "eval", "accuracy", [(80, acc)])
+  rows = {row["run"]: row for row in plotting.final_table(plotting.load_runs(str(tmp_path)))}
+  assert [name for name in rows if "mean" in name or "std" in name] == [
+      "mean (model.dense_features=32)", "std (model.dense_features=32)",
+      "mean (model.dense_features=64)", "std (model.dense_features=64)"]  # 128 has one seed: no summary.
+  assert rows["mean (model.dense_features=32)"]["eval accuracy"] == pytest.approx(0.81, rel=1e-6)
+  assert rows["std (model.dense_features=64)"]["eval accuracy"] == pytest.approx(0.02 * 2 ** 0.5, rel=1e-5)

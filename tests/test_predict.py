@@ -165,3 +165,33 @@ def test_cli_corrupted_checkpoint_is_one_line_without_traceback(narrow, tmp_path
   errors_printed = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors_printed) == 1 and "Traceback" not in result.stderr and "Exception" not in result.stderr
   assert errors_printed[0].startswith(f"error: no checkpoint in {corrupted / 'checkpoints'} restores")
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], "no image given"),
+    (["--top_k=0", "test_imgs/0.png"], "--top_k=0"),
+    (["--top_k=-1", "test_imgs/0.png"], "--top_k=-1"),
+])
+def test_cli_usage_mistakes_are_one_line_exit_2(args, expected):
+  result = run_module(["-m", "fmnist_jax.predict", *args])
+  assert result.returncode == errors.EXIT_USER_ERROR, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith("error: ") and expected in result.stderr
+  assert "Traceback" not in result.stderr and "USAGE" not in result.stderr + result.stdout
+
+
+def test_cli_help_exits_0():
+  result = run_module(["-m", "fmnist_jax.predict", "--help"])
+  assert result.returncode == 0 and "--top_k" in result.stdout
+
+
+def test_cli_on_a_damaged_newest_step_warns_naming_the_step_it_used(narrow, tmp_path):
+  workdir = tmp_path / "damaged"
+  shutil.copytree(narrow[0], workdir)
+  shutil.copytree(workdir / "checkpoints" / "10", workdir / "checkpoints" / "20")  # A newer step ...
+  os.remove(workdir / "checkpoints" / "20" / "params" / "_METADATA")  # ... that cannot be restored.
+  result = run_module(["scripts/predict.py", f"--workdir={workdir}", "test_imgs/0.png"])
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.startswith("Predicted class: ")
+  [line] = result.stderr.strip().splitlines()
+  assert line.startswith(f"warning: {workdir}: step 20: ") and line.endswith("predicting with the newest step "
+                                                                             "that restores, step 10")

@@ -36,7 +36,7 @@ from fmnist_jax import errors
 from fmnist_jax import images
 from fmnist_jax import train
 from fmnist_jax import config_checks
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, UNCHECKED_OPTIMIZER_MAIN, tiny_config
 
 NO_TENSORFLOW = os.path.join(os.path.dirname(os.path.abspath(__file__)), "no_tensorflow")
 NUM_STEPS = 30
@@ -58,11 +58,11 @@ class Training:
   caller's XLA_FLAGS (e.g. a device count) are not passed on, so every run sees one CPU device.
   """
 
-  def __init__(self, workdir, *flags, tensorflow=False, env=None):
+  def __init__(self, workdir, *flags, tensorflow=False, env=None, program=("-m", "fmnist_jax.main")):
     path = [REPO] if tensorflow else [NO_TENSORFLOW, REPO]
     inherited = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     self.proc = subprocess.Popen(
-        [sys.executable, "-m", "fmnist_jax.main", *COMMAND, f"--workdir={workdir}", *flags], cwd=REPO,
+        [sys.executable, *program, *COMMAND, f"--workdir={workdir}", *flags], cwd=REPO,
         env={**inherited, "PYTHONPATH": os.pathsep.join(path), **(env or {})},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _running.append(self.proc)
@@ -281,6 +281,19 @@ def test_sigint_and_sigterm_save_flush_exit_75_and_the_rerun_resumes(tmp_path, r
   assert_bitwise_equal(reference["state"], final_state(workdir)[1])
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_signal_during_start_up_exits_75_at_once_with_nothing_trained(tmp_path, signum):
+  workdir = str(tmp_path / "run")
+  run = Training(workdir)
+  run.wait_until(lambda: run.logged("Runtime: "), "start-up")  # Then it loads the data and compiles.
+  run.signal(signum)
+  assert run.finish() == errors.EXIT_INTERRUPTED, run.log()
+  [line] = run.error_lines()
+  assert f"stopped by {signum.name} outside the training steps" in line, run.log()
+  assert not run.logged("Traceback") and not run.logged("step 5/")
+  assert checkpoints.Checkpointer(workdir, read_only=True).steps() == []
+
+
 # --- Damaged checkpoints ----------------------------------------------------------------------
 
 
@@ -364,7 +377,8 @@ def test_nan_loss_exits_3_naming_the_last_good_checkpoint_and_halt_on_nan_false_
   # Adam's first step of size 1e9 makes the second loss overflow; checkpoints every step.
   nan_flags = ("--config.learning_rate=1e9", "--config.log_every_steps=1",
                "--config.checkpoint_every_steps=1", "--config.num_train_steps=4")
-  run = Training(workdir, *nan_flags, env=xla_cache)
+  unchecked = ("-c", UNCHECKED_OPTIMIZER_MAIN)  # config_checks would refuse the learning rate.
+  run = Training(workdir, *nan_flags, env=xla_cache, program=unchecked)
   assert run.finish() == errors.EXIT_NON_FINITE, run.log()
   assert not run.logged("Traceback"), run.log()
   [line] = run.error_lines()
@@ -374,7 +388,7 @@ def test_nan_loss_exits_3_naming_the_last_good_checkpoint_and_halt_on_nan_false_
   step, state = final_state(workdir)
   assert step == 1 and all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
-  run = Training(workdir, *nan_flags, "--config.runtime.halt_on_nan=False", env=xla_cache)
+  run = Training(workdir, *nan_flags, "--config.runtime.halt_on_nan=False", env=xla_cache, program=unchecked)
   assert run.finish() == 0, run.log()
   assert run.logged("Resuming from step 1") and run.logged("Final evaluation at step 4")
   step, state = final_state(workdir)
@@ -397,6 +411,7 @@ def test_failed_checkpoint_write_is_one_error_and_the_previous_step_stays_usable
   assert run.finish() == errors.EXIT_USER_ERROR, run.log()
   [line] = run.error_lines()
   assert line == run.lines[-1].strip(), "the error is not the last word:\n" + run.log()
+  assert not any(t in "".join(run.lines) for t in ("Traceback", "Event loop is closed", "Exception ignored")), run.log()
   match = re.search(rf"cannot write a checkpoint in {re.escape(ckpt_dir)} \(File too large\); "
                     r"step (\d+) is intact", line)
   assert match, line
@@ -420,6 +435,18 @@ def _under_a_file(tmp_path):
     ({"model.conv_features": (8, 0)}, "model.conv_features"),
     ({"batch_size": 60_001}, "batch_size"),  # More than the training split holds.
     ({"model.activation": "swishy"}, "model.activation"),
+    ({"model.activation": "Dense"}, "model.activation"),  # A flax.linen class, not an activation.
+    ({"model.pool_size": (30, 30)}, "model.pool_size"),  # Larger than the image.
+    ({"model.pool_size": (2, 2, 2)}, "model.pool_size"),
+    ({"model.conv_features": (8,) * 5}, "model.pool_size"),  # Five 2x2 pools of 28x28 leave nothing.
+    ({"learning_rate": -1.0}, "learning_rate"),
+    ({"learning_rate": 1.0}, "learning_rate"),
+    ({"learning_rate": float("nan")}, "learning_rate"),
+    ({"learning_rate": float("inf")}, "learning_rate"),
+    ({"b1": 1.5}, "b1"),
+    ({"b2": 1.0}, "b2"),
+    ({"eps": -1.0}, "eps"),
+    ({"eps": 0.0}, "eps"),
     ({"dtype": "float16"}, "dtype"),
     ({"data.manual_dir": "/nonexistent/fashion_mnist"}, "data.manual_dir"),
 ])
@@ -429,6 +456,35 @@ def test_bad_config_is_one_line_before_any_work(tmp_path, overrides, field):
     loop.train_and_evaluate(tiny_config(**overrides), workdir)
   assert f"config.{field}=" in str(raised.value) and "\n" not in str(raised.value)
   assert not os.path.exists(workdir)
+
+
+def test_every_allowed_activation_is_an_elementwise_flax_activation():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4)
+  for name in config_checks.ACTIVATIONS:
+    assert np.asarray(getattr(nn, name)(x)).shape == x.shape, name
+  from fmnist_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  assert input_pipeline.IMAGE_SHAPE[:2] == (config_checks.IMAGE_SIZE,) * 2
+
+
+BLOCKED = {"jax": "jax", "flax": "flax", "tensorflow": "tensorflow"}
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (("--config.model.activation=Dense",), "config.model.activation='Dense'"),
+    (("--config.learning_rate=nan",), "config.learning_rate=nan"),
+    (("--config.model.pool_size=(30,30)",), "config.model.pool_size=(30, 30)"),
+])
+def test_config_checks_run_before_jax_flax_or_tensorflow_are_imported(tmp_path, flags, expected):
+  """Those packages are made unimportable: the check must refuse the config before any of them loads."""
+  for name in BLOCKED:
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text(f"raise ImportError('{name} was imported')\n")
+  run = Training(str(tmp_path / "run"), *flags, env={"PYTHONPATH": os.pathsep.join([str(tmp_path), REPO])})
+  assert run.finish() == errors.EXIT_USER_ERROR, run.log()
+  [line] = run.error_lines()
+  assert expected in line and "was imported" not in run.log(), run.log()
+  assert not os.path.exists(tmp_path / "run")
 
 
 def test_unwritable_workdir_is_one_line(tmp_path):

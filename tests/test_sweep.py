@@ -19,6 +19,8 @@ from tests.conftest import tiny_config
 from tests.test_ensemble import assert_params_close
 from tests.test_ensemble import final_params
 from tests.test_ensemble import METRIC_ATOL
+from tests.test_run_folder import folder_contents
+from tests.test_run_folder import held_by_another_process
 
 FOUR_POINTS = """
 def get_sweep():
@@ -211,3 +213,28 @@ def test_part_flag_is_checked():
   for bad in ("3/3", "1", "a/b", "-1/2"):
     with pytest.raises(errors.ConfigError, match="must be I/N"):
       sweep.parse_part(bad)
+
+
+def test_a_point_being_trained_by_another_process_stops_the_sweep_before_any_work(tmp_path):
+  path = write_sweep(tmp_path, FOUR_POINTS)
+  workdir = tmp_path / "runs"
+  busy = str(workdir / sweep.point_name({"learning_rate": 3e-3, "seed": 1}))
+  with held_by_another_process(busy) as pid:
+    with pytest.raises(errors.ConfigError, match=f"is being trained by process {pid}"):
+      sweep.run_sweep(sweep_config(), path, str(workdir), vmap_members=2)
+  assert not any(checkpoints.CHECKPOINT_SUBDIR in f or "config.json" in f for f in folder_contents(str(workdir)))
+
+
+def test_a_point_that_learned_nothing_is_marked_chance_not_ok(tmp_path):
+  """lr=1e3 ends at loss 2e10 and accuracy 0.10 without a NaN: finished, but no result."""
+  config = sweep._config_dict(tiny_config())  # pylint: disable=protected-access
+  def record(name, accuracy, loss, error=None):
+    return {"name": name, "overrides": {"learning_rate": float(name)}, "error": error, "train_time_s": 1.0,
+            "compile_time_s": 0.5, "trained_with": 1, "config": config,
+            "metrics": {"accuracy": accuracy, "loss": loss, "precision": accuracy, "recall": accuracy}}
+  records = [record("0.001", 0.81, 0.5), record("1000.0", 0.1, 2e10), record("1e9", float("nan"), float("nan"), "NaN")]
+  assert [sweep.status(r) for r in records] == ["ok", "chance", "diverged"]
+  sweep.write_results(str(tmp_path), records)
+  with open(tmp_path / "results.csv") as f:
+    assert [row["status"] for row in csv.DictReader(f)] == ["ok", "chance", "diverged"]
+  assert "1000.0: final accuracy 0.1000 is no better than chance" in (tmp_path / "results.md").read_text()

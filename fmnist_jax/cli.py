@@ -1,0 +1,110 @@
+"""What every command line shares: flags whose every mistake is one `error:` line and exit 2,
+`--help` that exits 0, and the --workdir flag (never empty)."""
+
+import importlib.util
+import os
+import re
+import sys
+from typing import Any, Callable, List, Optional
+
+from absl import flags
+
+from fmnist_jax import errors
+
+HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")  # absl's: each prints usage and exits.
+
+
+def define_workdir(help_string: str, required: bool = False) -> None:
+  """--workdir: an empty or blank value is refused (it would mean the current folder)."""
+  flags.DEFINE_string("workdir", None, help_string)
+  flags.register_validator("workdir", lambda value: value is None or bool(value.strip()),
+                           message="--workdir is empty; name a folder, e.g. --workdir=runs/first")
+  if required:
+    flags.mark_flag_as_required("workdir")
+
+
+def asks_for_help(argv: List[str]) -> bool:
+  return any(arg.lstrip("-").split("=")[0] in HELP_FLAGS for arg in argv[1:] if arg.startswith("-"))
+
+
+def parse_flags(argv: List[str], positional: bool = False,
+                more_help: Optional[Callable[[], str]] = None) -> List[str]:
+  """absl's flag parsing, each mistake one line with exit code 2; `--help` prints usage (and
+  more_help()) and exits 0. Positional arguments are refused unless `positional`."""
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    errors.fail(f"{one_line(e)} (see --help)", errors.EXIT_USER_ERROR)
+  except SystemExit:  # absl's help flags print the usage, then exit 1.
+    if not asks_for_help(argv):
+      raise
+    if more_help is not None:
+      print(more_help())
+    sys.exit(0)
+  if not positional and len(rest) > 1:
+    errors.fail(f"unexpected arguments {' '.join(rest[1:])}; every setting is a --flag (see --help)",
+                errors.EXIT_USER_ERROR)
+  return rest
+
+
+def parse_flags_and_paths(argv: List[str]) -> List[str]:
+  """parse_flags for a program that takes positional arguments (file paths)."""
+  return parse_flags(argv, positional=True)
+
+
+def check_output_folder(flag: str, path: str) -> None:
+  """`path` is, or can be made, a writable folder: checked before the work whose results go there
+  (nothing is created yet)."""
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise errors.ConfigError(f"{flag}={path}: {existing} is a file, not a folder; name a folder")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise errors.ConfigError(f"{flag}={path}: {existing} is not writable; choose a writable folder")
+
+
+def call_file_function(path: str, function: str, flag: str, *args) -> Any:
+  """Runs the Python file at `path` and returns `function(*args)` from it; any failure of the user's
+  file is a ConfigError naming `flag`, the file and the cause."""
+  if not os.path.isfile(path):
+    raise errors.ConfigError(f"{flag}={path}: no such file; point it at a file defining {function}()")
+  spec = importlib.util.spec_from_file_location(f"fmnist_user_file_{function}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  # Any error in the user's file is theirs to fix.
+    raise errors.ConfigError(f"{flag}={path} cannot be loaded ({describe(e)}); fix the file") from e
+  if not callable(getattr(module, function, None)):
+    raise errors.ConfigError(f"{flag}={path} has no {function}(); define {function}() in it")
+  try:
+    return getattr(module, function)(*args)
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.ConfigError(f"{flag}={path}: {function}() failed ({describe(e)}); fix the file") from e
+
+
+def last_flag_wins(argv: List[str], prefix: str, is_bool: Callable[[str], bool]) -> List[str]:
+  """`argv` with each repeated `--PREFIX.FIELD` flag kept only at its last occurrence, in all its forms
+  (`--p.f=v`, `--p.f v`, `--p.f` / `--nop.f` for booleans). ml_collections joins repeated tuple flags
+  into one tuple; every other flag type takes the last value: now all take the last."""
+  pattern = re.compile(rf"--?(no)?{re.escape(prefix)}\.([\w.]+)(=.*)?", re.DOTALL)
+  spans, i = [], 1  # (field, first index, end index) of every occurrence.
+  while i < len(argv) and argv[i] != "--":
+    match = pattern.fullmatch(argv[i])
+    end = i + 1
+    if match and match.group(3) is None and not match.group(1) and not is_bool(match.group(2)):
+      end = i + 2  # `--p.f value`
+    if match:
+      spans.append((match.group(2), i, end))
+    i = end
+  last = {field: start for field, start, _ in spans}
+  dropped = {j for field, start, end in spans if last[field] != start for j in range(start, end)}
+  return [arg for j, arg in enumerate(argv) if j not in dropped]
+
+
+def describe(e: Exception) -> str:
+  return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
+
+
+def one_line(text) -> str:
+  return " ".join(str(text).split())[:500]
