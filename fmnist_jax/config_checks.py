@@ -4,6 +4,8 @@ import os
 import flax.linen as nn
 
 from fmnist_jax import errors
+from fmnist_jax import models
+from fmnist_jax import optimizers
 from fmnist_jax import runtime
 
 DTYPES = ("float32", "bfloat16")
@@ -22,16 +24,13 @@ def _positive(config, name: str) -> None:
 def validate(config, num_devices: int) -> None:
   """Raises ConfigError naming the first bad field and what it should be."""
   for name in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "eval_every_steps",
-               "checkpoint_every_steps", "max_checkpoints_to_keep", "model.dense_features",
-               "model.num_classes"):
+               "checkpoint_every_steps", "max_checkpoints_to_keep"):
     _positive(config, name)
   if not isinstance(config.num_train_steps, int) or config.num_train_steps == 0 or config.num_train_steps < -1:
     raise errors.ConfigError(f"config.num_train_steps={config.num_train_steps!r} must be -1 (derive from "
                              "num_epochs) or a positive integer")
-  for name in ("conv_features", "kernel_size", "pool_size"):
-    values = tuple(config.model[name])
-    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
-      raise errors.ConfigError(f"config.model.{name}={values!r} must be a non-empty tuple of positive integers")
+  check_model(config)
+  check_recipe(config)
   if config.model.num_classes != 10:
     raise errors.ConfigError(f"config.model.num_classes={config.model.num_classes} must be 10 for Fashion-MNIST")
   if not callable(getattr(nn, str(config.model.activation), None)):
@@ -67,3 +66,69 @@ def check_runtime(rt) -> None:
   if rt.deterministic and not runtime.deterministic_enabled():
     raise errors.ConfigError(f"config.runtime.deterministic=True needs XLA_FLAGS={runtime.DETERMINISTIC_XLA_FLAG} "
                              "before jax starts: train with fmnist_jax.main, or export XLA_FLAGS yourself")
+
+
+def _positive_tuple(section, prefix: str, name: str) -> None:
+  values = tuple(section[name])
+  if not values or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
+    raise errors.ConfigError(f"config.{prefix}{name}={values!r} must be a non-empty tuple of positive integers")
+
+
+def _in_range(section, prefix: str, name: str, low: float, high: float) -> None:
+  value = section[name]
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+    raise errors.ConfigError(f"config.{prefix}{name}={value!r} must be a number in [{low}, {high}]")
+
+
+def check_model(config) -> None:
+  """config.model: the CNN's fields, or a ResNet's (models.resnet_config())."""
+  model = config.model
+  if model.get("name") not in models.MODEL_NAMES:
+    raise errors.ConfigError(f"config.model.name={model.get('name')!r} must be one of {models.MODEL_NAMES}")
+  if model.name == "resnet":
+    for name in ("stage_features", "blocks_per_stage"):
+      _positive_tuple(model, "model.", name)
+    if len(model.stage_features) != len(model.blocks_per_stage):
+      raise errors.ConfigError(f"config.model.blocks_per_stage={tuple(model.blocks_per_stage)!r} needs one count "
+                               f"per stage of config.model.stage_features={tuple(model.stage_features)!r}")
+    _positive(config, "model.stem_features")
+    _in_range(model, "model.", "dropout_rate", 0.0, 0.99)
+    if not isinstance(model.batch_norm, bool):
+      raise errors.ConfigError(f"config.model.batch_norm={model.batch_norm!r} must be True or False")
+  else:
+    for name in ("conv_features", "kernel_size", "pool_size"):
+      _positive_tuple(model, "model.", name)
+    _positive(config, "model.dense_features")
+  _positive(config, "model.num_classes")
+
+
+def check_recipe(config) -> None:
+  """The optimizer, schedule, regularizers and augmentation (all off in experiments/base.py)."""
+  if config.optimizer not in optimizers.OPTIMIZERS:
+    raise errors.ConfigError(f"config.optimizer={config.optimizer!r} must be one of {optimizers.OPTIMIZERS}")
+  if config.schedule not in optimizers.SCHEDULES:
+    raise errors.ConfigError(f"config.schedule={config.schedule!r} must be one of {optimizers.SCHEDULES}")
+  for name, low, high in (("learning_rate", 0.0, float("inf")), ("weight_decay", 0.0, float("inf")),
+                          ("grad_clip_norm", 0.0, float("inf")), ("momentum", 0.0, 1.0),
+                          ("warmup_fraction", 0.0, 1.0), ("lr_start_factor", 0.0, 1.0),
+                          ("lr_end_factor", 0.0, 1.0), ("label_smoothing", 0.0, 1.0)):
+    _in_range(config, "", name, low, high)
+  if isinstance(config.ema_decay, bool) or not isinstance(config.ema_decay, (int, float)) or not 0 <= config.ema_decay < 1:
+    raise errors.ConfigError(f"config.ema_decay={config.ema_decay!r} must be a number in [0, 1) (0: no EMA)")
+  if config.optimizer == "adam" and config.weight_decay:
+    raise errors.ConfigError(f"config.weight_decay={config.weight_decay!r} needs config.optimizer='adamw' or 'sgd' "
+                             "(adam takes no weight decay)")
+  for name in ("nesterov", "eval_flip_tta"):
+    if not isinstance(config[name], bool):
+      raise errors.ConfigError(f"config.{name}={config[name]!r} must be True or False")
+  a = config.augment
+  if not isinstance(a.flip, bool):
+    raise errors.ConfigError(f"config.augment.flip={a.flip!r} must be True or False")
+  if isinstance(a.translate_pixels, bool) or not isinstance(a.translate_pixels, int) or not 0 <= a.translate_pixels < 28:
+    raise errors.ConfigError(f"config.augment.translate_pixels={a.translate_pixels!r} must be an integer in [0, 27]")
+  _in_range(a, "augment.", "erase_probability", 0.0, 1.0)
+  _in_range(a, "augment.", "erase_fill", 0.0, 1.0)
+  for name, low, high in (("erase_area", 0.0, 1.0), ("erase_aspect", 0.0, float("inf"))):
+    values = tuple(a[name])
+    if len(values) != 2 or not low < values[0] <= values[1] <= high:
+      raise errors.ConfigError(f"config.augment.{name}={values!r} must be (low, high) with {low} < low <= high <= {high}")

@@ -65,7 +65,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not isinstance(saved, dict):
     raise errors.CheckpointError(f"{path} is not a config (a JSON object expected); restore it from the run's config")
   defaults = json.loads(default_config().to_json_best_effort())
-  return ml_collections.ConfigDict(_merged(defaults, upgrade(saved)))
+  saved = upgrade(saved)
+  if saved.get("model", {}).get("name", "cnn") == "resnet":  # Its defaults are a resnet's, not base.py's CNN.
+    from fmnist_jax import models  # pylint: disable=g-import-not-at-top
+    defaults["model"] = json.loads(models.resnet_config().to_json_best_effort())
+  return ml_collections.ConfigDict(_merged(defaults, saved))
 
 
 def check_same_model(config, workdir: str) -> None:
