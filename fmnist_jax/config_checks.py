@@ -93,6 +93,7 @@ def check_model(config) -> None:
                                f"per stage of config.model.stage_features={tuple(model.stage_features)!r}")
     _positive(config, "model.stem_features")
     _in_range(model, "model.", "dropout_rate", 0.0, 0.99)
+    _in_range(model, "model.", "batch_norm_momentum", 0.0, 1.0)
     if not isinstance(model.batch_norm, bool):
       raise errors.ConfigError(f"config.model.batch_norm={model.batch_norm!r} must be True or False")
   else:

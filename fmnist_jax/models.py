@@ -122,6 +122,7 @@ class ResidualBlock(nn.Module):
   features: int
   strides: int
   batch_norm: bool
+  batch_norm_momentum: float
   dropout_rate: float
   activation: Callable[[jnp.ndarray], jnp.ndarray]
   dtype: jnp.dtype
@@ -129,7 +130,8 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     conv = functools.partial(nn.Conv, use_bias=not self.batch_norm, dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, dtype=self.dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.batch_norm_momentum,
+                             dtype=self.dtype)
     y = self.activation(norm()(x) if self.batch_norm else x)
     shortcut = x
     if x.shape[-1] != self.features or self.strides != 1:
@@ -151,6 +153,7 @@ class ResNet(nn.Module):
   stage_features: Sequence[int] = (16, 32, 64)
   blocks_per_stage: Sequence[int] = (2, 2, 2)
   batch_norm: bool = True
+  batch_norm_momentum: float = 0.9
   dropout_rate: float = 0.0
   num_classes: int = 10
   activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
@@ -163,10 +166,10 @@ class ResNet(nn.Module):
         x.astype(self.dtype))
     for stage, (features, blocks) in enumerate(zip(self.stage_features, self.blocks_per_stage)):
       for block in range(blocks):
-        x = ResidualBlock(features, 2 if stage and not block else 1, self.batch_norm, self.dropout_rate,
-                          self.activation, self.dtype)(x, train)
+        x = ResidualBlock(features, 2 if stage and not block else 1, self.batch_norm, self.batch_norm_momentum,
+                          self.dropout_rate, self.activation, self.dtype)(x, train)
     if self.batch_norm:
-      x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum, dtype=self.dtype)(x)
     x = self.activation(x).mean(axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
@@ -182,6 +185,7 @@ def resnet_config() -> ml_collections.ConfigDict:
   m.stage_features = (16, 32, 64)  # Channels of each stage; stages after the first halve the resolution.
   m.blocks_per_stage = (2, 2, 2)  # Residual blocks in each stage (WRN-d-k: (d - 4) / 6 each, widths 16k, 32k, 64k).
   m.batch_norm = True  # BatchNorm before each activation (its statistics are model state, checkpointed).
+  m.batch_norm_momentum = 0.9  # Running statistics: new = momentum * old + (1 - momentum) * batch's.
   m.dropout_rate = 0.0  # Dropout between the two convolutions of each block (0: none).
   m.activation = "relu"  # Nonlinearity (any flax.linen activation name).
   m.num_classes = 10  # Output logits.
@@ -195,6 +199,7 @@ def create_model(config, rt=None) -> nn.Module:
   if m.name == "resnet":
     return ResNet(stem_features=m.stem_features, stage_features=tuple(m.stage_features),
                   blocks_per_stage=tuple(m.blocks_per_stage), batch_norm=m.batch_norm,
+                  batch_norm_momentum=m.batch_norm_momentum,
                   dropout_rate=m.dropout_rate, num_classes=m.num_classes, activation=getattr(nn, m.activation),
                   dtype=jnp.dtype(config.dtype))
   if rt is None:
