@@ -198,3 +198,22 @@ def test_eight_devices_train_batch_norm_with_global_statistics_as_one_device(tmp
   # Per-device statistics (a local mean over 12 images) would differ far beyond rounding.
   assert_close(eight, one)
   assert report["metrics"]["accuracy"] == pytest.approx(metrics["accuracy"], abs=METRIC_ATOL)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"optimizer": "lion"}, "config.optimizer='lion' must be one of ('adam', 'adamw', 'sgd')"),
+    ({"schedule": "step"}, "config.schedule='step' must be one of"),
+    ({"weight_decay": 0.1}, "config.weight_decay=0.1 needs config.optimizer='adamw' or 'sgd'"),
+    ({"warmup_fraction": 1.5}, "config.warmup_fraction=1.5 must be a number in [0.0, 1.0]"),
+    ({"ema_decay": 1.0}, "config.ema_decay=1.0 must be a number in [0, 1)"),
+    ({"augment.translate_pixels": -1}, "config.augment.translate_pixels=-1 must be an integer in [0, 27]"),
+    ({"augment.erase_area": (0.5, 0.1)}, "config.augment.erase_area=(0.5, 0.1) must be (low, high)"),
+    ({"model.name": "vit"}, "config.model.name='vit' must be one of ('cnn', 'resnet')"),
+    ({"model.blocks_per_stage": (1,)}, "config.model.blocks_per_stage=(1,) needs one count per stage"),
+])
+def test_bad_recipe_fields_are_one_line_errors(overrides, message):
+  from fmnist_jax import config_checks  # pylint: disable=g-import-not-at-top
+  config = smoke_config(**{"optimizer": "adam", "weight_decay": 0.0, **overrides})
+  with pytest.raises(errors.ConfigError) as raised:
+    config_checks.validate(config, 1)
+  assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
