@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.nesterov = False  # SGD: Nesterov momentum.
   config.weight_decay = 0.0  # Weight decay of the kernels: decoupled for adamw, L2 for sgd; adam needs 0.
   config.grad_clip_norm = 0.0  # Clip the gradients to this global norm (0: no clipping).
-  config.schedule = "constant"  # Multiplier of the peak rate: "constant", "warmup_cosine", "warmup_linear", "one_cycle".
+  config.schedule = "constant"  # Peak-rate multiplier: "constant", "warmup_cosine", "warmup_linear", "one_cycle".
   config.warmup_fraction = 0.0  # Fraction of the training steps spent rising to the peak rate (not "constant").
   config.lr_start_factor = 0.0  # Rate at the first step, as a fraction of the peak (not "constant").
   config.lr_end_factor = 0.0  # Rate at the last step, as a fraction of the peak (not "constant").

@@ -114,7 +114,8 @@ def check_recipe(config) -> None:
                           ("warmup_fraction", 0.0, 1.0), ("lr_start_factor", 0.0, 1.0),
                           ("lr_end_factor", 0.0, 1.0), ("label_smoothing", 0.0, 1.0)):
     _in_range(config, "", name, low, high)
-  if isinstance(config.ema_decay, bool) or not isinstance(config.ema_decay, (int, float)) or not 0 <= config.ema_decay < 1:
+  ema = config.ema_decay
+  if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
     raise errors.ConfigError(f"config.ema_decay={config.ema_decay!r} must be a number in [0, 1) (0: no EMA)")
   if config.optimizer == "adam" and config.weight_decay:
     raise errors.ConfigError(f"config.weight_decay={config.weight_decay!r} needs config.optimizer='adamw' or 'sgd' "
@@ -125,11 +126,13 @@ def check_recipe(config) -> None:
   a = config.augment
   if not isinstance(a.flip, bool):
     raise errors.ConfigError(f"config.augment.flip={a.flip!r} must be True or False")
-  if isinstance(a.translate_pixels, bool) or not isinstance(a.translate_pixels, int) or not 0 <= a.translate_pixels < 28:
+  pixels = a.translate_pixels
+  if isinstance(pixels, bool) or not isinstance(pixels, int) or not 0 <= pixels < 28:
     raise errors.ConfigError(f"config.augment.translate_pixels={a.translate_pixels!r} must be an integer in [0, 27]")
   _in_range(a, "augment.", "erase_probability", 0.0, 1.0)
   _in_range(a, "augment.", "erase_fill", 0.0, 1.0)
   for name, low, high in (("erase_area", 0.0, 1.0), ("erase_aspect", 0.0, float("inf"))):
     values = tuple(a[name])
     if len(values) != 2 or not low < values[0] <= values[1] <= high:
-      raise errors.ConfigError(f"config.augment.{name}={values!r} must be (low, high) with {low} < low <= high <= {high}")
+      raise errors.ConfigError(f"config.augment.{name}={values!r} must be (low, high) with "
+                               f"{low} < low <= high <= {high}")
