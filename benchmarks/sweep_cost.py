@@ -38,16 +38,16 @@ def _timed(fn):
 def _vmapped(config, seeds, steps, group_size):
   """Groups of `group_size` seeds, one after another, sharing one trainer as the sweep runner does."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from fmnist_jax import loop, sweep, train  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import loop, sweep  # pylint: disable=g-import-not-at-top
   trainer, setup_s, _ = _timed(lambda: loop.Trainer(config, vmapped=True))
   compile_s = first_s = steps_s = steps_cpu = 0.0
   for start in range(0, len(seeds), group_size):
     group = seeds[start:start + group_size]
-    keys = jnp.stack([train.derive_keys(s)[1] for s in group])
+    configs = [_seeded(config, s) for s in group]
+    keys = trainer.member_keys(configs)
     with sweep.compile_seconds() as compiling:
       states, seconds, _ = _timed(lambda: jax.block_until_ready(trainer.run_steps(
-          trainer.initial_states([_seeded(config, s) for s in group]), 0, 1, keys)[0]))
+          trainer.initial_states(configs), 0, 1, keys)[0]))
     compile_s, first_s = compile_s + compiling[0], first_s + seconds
     states, seconds, cpu = _timed(lambda: jax.block_until_ready(trainer.run_steps(states, 1, 1 + steps, keys)[0]))
     steps_s, steps_cpu = steps_s + seconds, steps_cpu + cpu

@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Model -----------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
+  config.model.name = "cnn"  # Model family: "cnn" (this CNN) or "resnet" (assign models.resnet_config() to config.model).
   config.model.conv_features = (64, 64)  # Output channels of conv1 and conv2.
   config.model.kernel_size = (5, 5)  # Convolution window (SAME padding).
   config.model.pool_size = (2, 2)  # Max-pool window and stride after each conv.
@@ -34,11 +35,32 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.activation = "elu"  # Nonlinearity after each conv and the dense layer (any flax.linen activation name).
   config.dtype = "float32"  # Compute dtype ("float32" or "bfloat16"); parameters and Adam state stay float32.
 
-  # --- Optimizer (Adam) ------------------------------------------------------
-  config.learning_rate = 0.001  # Adam step size.
-  config.b1 = 0.9  # Adam beta1.
-  config.b2 = 0.999  # Adam beta2.
-  config.eps = 1e-8  # Adam epsilon.
+  # --- Optimizer (fmnist_jax/optimizers.py) ---------------------------------
+  config.optimizer = "adam"  # "adam", "adamw" (decoupled weight decay) or "sgd" (momentum).
+  config.learning_rate = 0.001  # Peak step size (a schedule scales it).
+  config.b1 = 0.9  # Adam/AdamW beta1.
+  config.b2 = 0.999  # Adam/AdamW beta2.
+  config.eps = 1e-8  # Adam/AdamW epsilon.
+  config.momentum = 0.9  # SGD momentum.
+  config.nesterov = False  # SGD: Nesterov momentum.
+  config.weight_decay = 0.0  # Weight decay of the kernels: decoupled for adamw, L2 for sgd; adam needs 0.
+  config.grad_clip_norm = 0.0  # Clip the gradients to this global norm (0: no clipping).
+  config.schedule = "constant"  # Peak-rate multiplier: "constant", "warmup_cosine", "warmup_linear", "one_cycle".
+  config.warmup_fraction = 0.0  # Fraction of the training steps spent rising to the peak rate (not "constant").
+  config.lr_start_factor = 0.0  # Rate at the first step, as a fraction of the peak (not "constant").
+  config.lr_end_factor = 0.0  # Rate at the last step, as a fraction of the peak (not "constant").
+
+  # --- Regularization and evaluation ------------------------------------------
+  config.label_smoothing = 0.0  # Training targets (1 - a) * one_hot + a / num_classes (0: plain cross-entropy).
+  config.ema_decay = 0.0  # Evaluate and predict with an EMA of the parameters of this decay (0: off).
+  config.eval_flip_tta = False  # Evaluation and prediction average the logits of each image and its mirror.
+  config.augment = ml_collections.ConfigDict()  # On-device training augmentation (fmnist_jax/augment.py).
+  config.augment.flip = False  # Mirror each training image left-right with probability 1/2.
+  config.augment.translate_pixels = 0  # Shift each image by up to this many pixels each way, zero fill (0: off).
+  config.augment.erase_probability = 0.0  # Random erasing: fill one rectangle per image with this probability (0: off).
+  config.augment.erase_area = (0.02, 0.4)  # Erased area as a fraction of the image, drawn uniformly.
+  config.augment.erase_aspect = (0.3, 3.3)  # Height/width of the erased rectangle, drawn log-uniformly.
+  config.augment.erase_fill = 0.0  # Pixel value of the erased rectangle (images are in [0, 1]).
 
   # --- Schedule --------------------------------------------------------------
   config.batch_size = 250  # Global training batch (split over devices).

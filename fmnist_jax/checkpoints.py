@@ -1,7 +1,8 @@
 """The one place that talks to Orbax: save, find and restore training state in `<workdir>/checkpoints`.
 
-Each step is stored as two items: `params` (all that prediction needs) and `train` (step and
-optimizer state), so predict restores parameters alone and a shipped model can omit the rest.
+Each step is stored as two items: `params` and `train` (step and optimizer state), plus a third,
+`model_state` (BatchNorm statistics, EMA parameters), only for models that have such state.
+Prediction reads `params` and `model_state`, so a shipped model can omit the optimizer state.
 A step that fails to restore (a truncated file, missing metadata, an interrupted save) is
 reported and skipped for the newest step that restores; nothing is ever deleted to recover
 (training renames the skipped steps `<step>.unrestorable`, so that it can save them anew).
@@ -24,6 +25,13 @@ import orbax.checkpoint as ocp
 from fmnist_jax import errors
 
 CHECKPOINT_SUBDIR = "checkpoints"
+MODEL_STATE = "model_state"  # The item of the TrainState fields below, saved when any is present.
+MODEL_STATE_FIELDS = ("batch_stats", "ema_params")
+
+
+def model_state(state) -> dict:
+  """The model state fields `state` (a TrainState) holds; {} for a model with none (the seed CNN)."""
+  return {name: getattr(state, name) for name in MODEL_STATE_FIELDS if getattr(state, name, None) is not None}
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -70,7 +78,7 @@ class Checkpointer:
         max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=not read_only)
     # Known handlers let a reader see stored shapes before restoring (see _check_params_shapes).
-    handlers = {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler()}
+    handlers = {name: ocp.StandardCheckpointHandler() for name in ("params", "train", MODEL_STATE)}
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_handlers=handlers if read_only else None)
 
@@ -79,10 +87,12 @@ class Checkpointer:
 
   def save(self, step: int, state) -> None:
     """Starts an async save of `state` (a flax TrainState) at `step`."""
+    items = {"params": ocp.args.StandardSave(state.params),
+             "train": ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state})}
+    if model_state(state):
+      items[MODEL_STATE] = ocp.args.StandardSave(model_state(state))
     with self._write_errors():  # Orbax first waits for the previous save, raising its error.
-      self._manager.save(step, args=ocp.args.Composite(
-          params=ocp.args.StandardSave(state.params),
-          train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state})))
+      self._manager.save(step, args=ocp.args.Composite(**items))
 
   def wait(self) -> None:
     """Blocks until pending saves are committed; raises the save's error, if any."""
@@ -127,15 +137,17 @@ class Checkpointer:
 
   def restore_latest(self, abstract_state) -> Tuple[Optional[int], Any]:
     """(step, state) of the newest good checkpoint, typed like `abstract_state`; (None, None) if none."""
-    step, restored = self._restore_newest(ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_state.params),
-        train=ocp.args.StandardRestore(
-            {"step": abstract_state.step, "opt_state": abstract_state.opt_state})))
+    items = {"params": ocp.args.StandardRestore(abstract_state.params),
+             "train": ocp.args.StandardRestore({"step": abstract_state.step, "opt_state": abstract_state.opt_state})}
+    if model_state(abstract_state):
+      items[MODEL_STATE] = ocp.args.StandardRestore(model_state(abstract_state))
+    step, restored = self._restore_newest(ocp.args.Composite(**items))
     if step is None:
       return None, None
     self._set_aside_newer_than(step)
     return step, abstract_state.replace(
-        params=restored.params, step=restored.train["step"], opt_state=restored.train["opt_state"])
+        params=restored.params, step=restored.train["step"], opt_state=restored.train["opt_state"],
+        **(restored[MODEL_STATE] if MODEL_STATE in items else {}))
 
   def _set_aside_newer_than(self, step: int) -> None:
     """Renames the steps newer than `step` (they failed to restore) to `<step>.unrestorable`.
@@ -157,22 +169,31 @@ class Checkpointer:
     self._manager.reload()
 
   def restore_params(self, abstract_params) -> Tuple[int, Any]:
-    """(step, params) of the newest good checkpoint; only the `params` item is read.
+    """(step, params) of the newest good checkpoint; only the `params` item is read."""
+    step, restored = self.restore_model(abstract_params, {})
+    return step, restored[0]
 
-    Leaves of `abstract_params` without a sharding are placed on this process's first device:
-    Orbax would otherwise reuse the saved topology and refuse a run trained on other devices.
+  def restore_model(self, abstract_params, abstract_model_state: dict) -> Tuple[int, Tuple[Any, dict]]:
+    """(step, (params, model state)) of the newest good checkpoint, without the optimizer state;
+    `abstract_model_state` is `model_state()` of an abstract TrainState ({}: only `params` is read).
+
+    Leaves without a sharding are placed on this process's first device: Orbax would otherwise
+    reuse the saved topology and refuse a run trained on other devices.
     """
     local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract_params = jax.tree.map(
+    abstract_params, abstract_model_state = jax.tree.map(
         lambda a: a if getattr(a, "sharding", None) is not None
-        else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local), abstract_params)
+        else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local), (abstract_params, abstract_model_state))
+    items = {"params": ocp.args.StandardRestore(abstract_params)}
+    if abstract_model_state:
+      items[MODEL_STATE] = ocp.args.StandardRestore(abstract_model_state)
     step, restored = self._restore_newest(
-        ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)),
+        ocp.args.Composite(**items),
         check=(lambda step: self._check_params_shapes(step, abstract_params)) if self._read_only else None)
     if step is None:
       raise errors.CheckpointError(f"no checkpoint in {self.directory}; train one with fmnist_jax.main "
                                    "or point --workdir at a trained run")
-    return step, restored.params
+    return step, (restored.params, restored[MODEL_STATE] if abstract_model_state else {})
 
   def _check_params_shapes(self, step: int, abstract_params) -> None:
     """Rejects a shape mismatch from metadata: Orbax's failed reads leave threads that print

@@ -19,6 +19,9 @@ IMAGE_SIZE = 28  # Height and width of a Fashion-MNIST image (input_pipeline.IMA
 ACTIVATIONS = ("celu", "elu", "gelu", "hard_sigmoid", "hard_silu", "hard_swish", "hard_tanh", "leaky_relu",
                "log_sigmoid", "relu", "relu6", "selu", "sigmoid", "silu", "soft_sign", "softplus", "swish", "tanh")
 MAX_LEARNING_RATE = 1.0  # Exclusive: Adam steps this large only diverge.
+MODEL_NAMES = ("cnn", "resnet")  # config.model.name: the seed's CNN, or models.resnet_config()'s family.
+OPTIMIZERS = ("adam", "adamw", "sgd")  # config.optimizer (fmnist_jax/optimizers.py).
+SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "one_cycle")  # config.schedule.
 
 
 def _positive(config, name: str) -> None:
@@ -49,20 +52,34 @@ def check_optimizer(config) -> None:
     raise errors.ConfigError(f"config.eps={config.eps!r} must be > 0 (e.g. 1e-8)")
 
 
-def check_model(model) -> None:
-  """config.model: the layer sizes, and pooling that leaves at least one pixel after every conv."""
-  for name in ("conv_features", "kernel_size", "pool_size"):
-    values = tuple(model[name])
-    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
-      raise errors.ConfigError(f"config.model.{name}={values!r} must be a non-empty tuple of positive integers")
-  for name in ("kernel_size", "pool_size"):
-    if len(model[name]) != 2:
-      raise errors.ConfigError(f"config.model.{name}={tuple(model[name])!r} must be (height, width)")
+def check_model(config) -> None:
+  """config.model: the CNN's fields, or a ResNet's (models.resnet_config()); pooling must leave a pixel."""
+  model = config.model
+  if model.get("name") not in MODEL_NAMES:
+    raise errors.ConfigError(f"config.model.name={model.get('name')!r} must be one of {MODEL_NAMES}")
   if model.num_classes != 10:
     raise errors.ConfigError(f"config.model.num_classes={model.num_classes} must be 10 for Fashion-MNIST")
   if model.activation not in ACTIVATIONS:
     raise errors.ConfigError(f"config.model.activation={model.activation!r} is not an activation; use one of "
                              f"{', '.join(ACTIVATIONS)}")
+  if model.name == "resnet":
+    for name in ("stage_features", "blocks_per_stage"):
+      _positive_tuple(model, "model.", name)
+    if len(model.stage_features) != len(model.blocks_per_stage):
+      raise errors.ConfigError(f"config.model.blocks_per_stage={tuple(model.blocks_per_stage)!r} needs one count "
+                               f"per stage of config.model.stage_features={tuple(model.stage_features)!r}")
+    _positive(config, "model.stem_features")
+    _in_range(model, "model.", "dropout_rate", 0.0, 0.99)
+    _in_range(model, "model.", "batch_norm_momentum", 0.0, 1.0)
+    if not isinstance(model.batch_norm, bool):
+      raise errors.ConfigError(f"config.model.batch_norm={model.batch_norm!r} must be True or False")
+    return
+  for name in ("conv_features", "kernel_size", "pool_size"):
+    _positive_tuple(model, "model.", name)
+  for name in ("kernel_size", "pool_size"):
+    if len(model[name]) != 2:
+      raise errors.ConfigError(f"config.model.{name}={tuple(model[name])!r} must be (height, width)")
+  _positive(config, "model.dense_features")
   size = [IMAGE_SIZE, IMAGE_SIZE]
   for _ in model.conv_features:  # Each conv keeps the size (SAME); its pool divides it (stride = window).
     size = [s // p for s, p in zip(size, model.pool_size)]
@@ -79,14 +96,14 @@ def validate(config, num_devices: Optional[int] = None) -> None:
   JAX (the device count and XLA_FLAGS come later).
   """
   for name in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "eval_every_steps",
-               "checkpoint_every_steps", "max_checkpoints_to_keep", "model.dense_features",
-               "model.num_classes"):
+               "checkpoint_every_steps", "max_checkpoints_to_keep"):
     _positive(config, name)
   if not isinstance(config.num_train_steps, int) or config.num_train_steps == 0 or config.num_train_steps < -1:
     raise errors.ConfigError(f"config.num_train_steps={config.num_train_steps!r} must be -1 (derive from "
                              "num_epochs) or a positive integer")
-  check_model(config.model)
+  check_model(config)
   check_optimizer(config)
+  check_recipe(config)
   if config.dtype not in DTYPES:
     raise errors.ConfigError(f"config.dtype={config.dtype!r} must be one of {DTYPES}")
   check_runtime(config.runtime, process=num_devices is not None)
@@ -118,3 +135,50 @@ def check_runtime(rt, process: bool = True) -> None:
   if process and rt.deterministic and not runtime.deterministic_enabled():
     raise errors.ConfigError(f"config.runtime.deterministic=True needs XLA_FLAGS={runtime.DETERMINISTIC_XLA_FLAG} "
                              "before jax starts: train with fmnist_jax.main, or export XLA_FLAGS yourself")
+
+
+def _positive_tuple(section, prefix: str, name: str) -> None:
+  values = tuple(section[name])
+  if not values or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
+    raise errors.ConfigError(f"config.{prefix}{name}={values!r} must be a non-empty tuple of positive integers")
+
+
+def _in_range(section, prefix: str, name: str, low: float, high: float) -> None:
+  value = section[name]
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+    raise errors.ConfigError(f"config.{prefix}{name}={value!r} must be a number in [{low}, {high}]")
+
+
+def check_recipe(config) -> None:
+  """The optimizer, schedule, regularizers and augmentation (all off in experiments/base.py)."""
+  if config.optimizer not in OPTIMIZERS:
+    raise errors.ConfigError(f"config.optimizer={config.optimizer!r} must be one of {OPTIMIZERS}")
+  if config.schedule not in SCHEDULES:
+    raise errors.ConfigError(f"config.schedule={config.schedule!r} must be one of {SCHEDULES}")
+  for name, low, high in (("weight_decay", 0.0, float("inf")),
+                          ("grad_clip_norm", 0.0, float("inf")), ("momentum", 0.0, 1.0),
+                          ("warmup_fraction", 0.0, 1.0), ("lr_start_factor", 0.0, 1.0),
+                          ("lr_end_factor", 0.0, 1.0), ("label_smoothing", 0.0, 1.0)):
+    _in_range(config, "", name, low, high)
+  ema = config.ema_decay
+  if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
+    raise errors.ConfigError(f"config.ema_decay={config.ema_decay!r} must be a number in [0, 1) (0: no EMA)")
+  if config.optimizer == "adam" and config.weight_decay:
+    raise errors.ConfigError(f"config.weight_decay={config.weight_decay!r} needs config.optimizer='adamw' or 'sgd' "
+                             "(adam takes no weight decay)")
+  for name in ("nesterov", "eval_flip_tta"):
+    if not isinstance(config[name], bool):
+      raise errors.ConfigError(f"config.{name}={config[name]!r} must be True or False")
+  a = config.augment
+  if not isinstance(a.flip, bool):
+    raise errors.ConfigError(f"config.augment.flip={a.flip!r} must be True or False")
+  pixels = a.translate_pixels
+  if isinstance(pixels, bool) or not isinstance(pixels, int) or not 0 <= pixels < 28:
+    raise errors.ConfigError(f"config.augment.translate_pixels={a.translate_pixels!r} must be an integer in [0, 27]")
+  _in_range(a, "augment.", "erase_probability", 0.0, 1.0)
+  _in_range(a, "augment.", "erase_fill", 0.0, 1.0)
+  for name, low, high in (("erase_area", 0.0, 1.0), ("erase_aspect", 0.0, float("inf"))):
+    values = tuple(a[name])
+    if len(values) != 2 or not low < values[0] <= values[1] <= high:
+      raise errors.ConfigError(f"config.augment.{name}={values!r} must be (low, high) with "
+                               f"{low} < low <= high <= {high}")

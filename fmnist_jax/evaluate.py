@@ -23,6 +23,7 @@ from fmnist_jax import cli
 from fmnist_jax import errors
 from fmnist_jax import input_pipeline
 from fmnist_jax import metrics as metrics_lib
+from fmnist_jax import models
 from fmnist_jax import plotting
 from fmnist_jax import run_folder
 from fmnist_jax import train
@@ -40,28 +41,31 @@ class Evaluation:
   test: input_pipeline.Split
 
 
-def _evaluate_batch(state, batch):
+def _evaluate_batch(state, batch, flip_tta: bool):
   """train.eval_step's metrics plus the softmax and confusion counts (XLA shares the forward pass)."""
   batch = input_pipeline.to_float_batch(batch)
-  logits = state.apply_fn({"params": state.params}, batch["image"])
+  variables = models.inference_variables(state.params, state.batch_stats, state.ema_params)
+  logits = models.inference_logits(state.apply_fn, variables, batch["image"], flip_tta)
   confusion = metrics_lib.ConfusionMatrix.from_model_output(
       logits=logits, labels=batch["label"], mask=batch["mask"])
-  return train.eval_step(state, batch), confusion, jax.nn.softmax(logits)
+  return train.eval_step(state, batch, flip_tta=flip_tta), confusion, jax.nn.softmax(logits)
 
 
 def evaluate_workdir(workdir: str) -> Evaluation:
-  """Restores `workdir`'s newest parameters and evaluates them on the test split of its config.data."""
+  """Restores `workdir`'s newest parameters (and model state) and evaluates them on the test split
+  of its config.data, as evaluation during training did (config.eval_flip_tta included)."""
   config = run_folder.load_config(workdir)
   abstract = jax.eval_shape(functools.partial(train.create_train_state, config), jax.random.PRNGKey(0))
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
   try:
-    step, params = ckpt.restore_params(abstract.params)
+    step, (params, model_state) = ckpt.restore_model(abstract.params, checkpoints.model_state(abstract))
   finally:
     ckpt.close()
-  state = abstract.replace(step=step, params=params, opt_state=None)  # eval_step needs no optimizer.
+  # eval_step needs no optimizer.
+  state = abstract.replace(step=step, params=params, opt_state=None, **model_state)
   test = input_pipeline.load_dataset(config.data)["test"]
   batches = input_pipeline.padded_batches(test, config.eval_batch_size)
-  evaluate_batch = jax.jit(_evaluate_batch)
+  evaluate_batch = jax.jit(functools.partial(_evaluate_batch, flip_tta=config.eval_flip_tta))
   metrics, confusion, probabilities = None, None, []
   for i in range(len(batches["label"])):
     m, c, p = evaluate_batch(state, jax.tree.map(lambda x, i=i: x[i], batches))

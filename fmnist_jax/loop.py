@@ -28,6 +28,7 @@ from fmnist_jax import config_checks
 from fmnist_jax import errors
 from fmnist_jax import input_pipeline
 from fmnist_jax import metrics as metrics_lib
+from fmnist_jax import optimizers
 from fmnist_jax import parallel
 from fmnist_jax import preemption
 from fmnist_jax import run_folder
@@ -35,8 +36,9 @@ from fmnist_jax import runtime
 from fmnist_jax import train
 from fmnist_jax import writers
 
-OPTIMIZER_HPARAMS = ("learning_rate", "b1", "b2", "eps")  # Arrays in the optimizer state, not in the program.
-VMAPPED_FIELDS = ("seed",) + OPTIMIZER_HPARAMS  # The config fields members of one program may differ in.
+# The config fields members of one program may differ in: the seed, and the hyperparameters that
+# are arrays in the optimizer state (those an optimizer does not use change nothing).
+VMAPPED_FIELDS = ("seed",) + optimizers.ALL_HYPERPARAMS
 
 
 def program_key(config) -> str:
@@ -63,10 +65,10 @@ def _member(tree, i: int):
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def _evaluate_members(states, batches, *, mesh):
+def _evaluate_members(states, batches, *, flip_tta: bool, mesh):
   """EvalMetrics [N], one member at a time: vmapped, the activations of eval_batch_size images
   grew N-fold (10 GB for 4 base-config members on the CPU)."""
-  return jax.lax.map(lambda state: train.evaluate_batches(state, batches, mesh=mesh), states)
+  return jax.lax.map(lambda state: train.evaluate_batches(state, batches, flip_tta=flip_tta, mesh=mesh), states)
 
 
 def _member_scalars(collection) -> List[Dict[str, float]]:
@@ -95,26 +97,27 @@ class Trainer:
         mesh, (data["train"].images, data["train"].labels))
     self.test_batches = parallel.put_replicated(
         mesh, input_pipeline.padded_batches(data["test"], config.eval_batch_size))
-    self.shuffle_key = train.derive_keys(config.seed)[1]
+    self.shuffle_key, self.step_key = train.derive_keys(config.seed)[1:]
     self._perm = (None, None, None)  # (epoch, shuffle keys, their permutations): computed once per epoch.
     replicated = parallel.replicated(mesh)
     jit = functools.partial(jax.jit, compiler_options=self.runtime.compiler_options)
     # Members are initialized one by one: a vmapped init compiled 2x slower than the single one.
     self._init = jit(functools.partial(train.create_train_state, config, runtime=self.runtime),
                      out_shardings=replicated)
-    steps = functools.partial(train.train_steps, batch_size=config.batch_size, mesh=mesh)
+    steps = functools.partial(train.train_steps, config=config, mesh=mesh)
+    flip_tta = config.eval_flip_tta
     permutation = functools.partial(input_pipeline.epoch_permutation, num_examples=num_train)
     if vmapped:
       self._stack = jit(_stack, out_shardings=replicated)
-      self._train_steps = jit(jax.vmap(steps, in_axes=(0, None, None, 0, None, None)), donate_argnums=0)
+      self._train_steps = jit(jax.vmap(steps, in_axes=(0, None, None, 0, 0, None, None)), donate_argnums=0)
       self._permutation = jit(jax.vmap(permutation, in_axes=(0, None)))
-      self._evaluate = jit(functools.partial(_evaluate_members, mesh=mesh))
+      self._evaluate = jit(functools.partial(_evaluate_members, flip_tta=flip_tta, mesh=mesh))
     else:
       self._train_steps = jit(steps, donate_argnums=0)
       self._permutation = jit(permutation)
-      self._evaluate = jit(functools.partial(train.evaluate_batches, mesh=mesh))
+      self._evaluate = jit(functools.partial(train.evaluate_batches, flip_tta=flip_tta, mesh=mesh))
       self._eval_step = jit(lambda state, b: train.eval_step(state, parallel.shard_batch(
-          mesh, input_pipeline.to_float_batch(b))))
+          mesh, input_pipeline.to_float_batch(b)), flip_tta=flip_tta))
 
   def initial_state(self):
     """A fresh state of this trainer's own config."""
@@ -135,9 +138,12 @@ class Trainer:
   def member(self, states, i: int):
     return _member(states, i) if self.vmapped else states
 
-  def shuffle_keys(self, configs: Sequence):
-    keys = [train.derive_keys(c.seed)[1] for c in configs]
-    return jnp.stack(keys) if self.vmapped else keys[0]
+  def member_keys(self, configs: Sequence) -> tuple:
+    """(shuffle keys, step keys) of the members, stacked when vmapped."""
+    keys = [train.derive_keys(c.seed)[1:] for c in configs]
+    if self.vmapped:
+      return tuple(jnp.stack(k) for k in zip(*keys))
+    return keys[0]
 
   def evaluate(self, states) -> List[Dict[str, float]]:
     """Each member's metrics over the whole test split."""
@@ -157,23 +163,24 @@ class Trainer:
         result = m if result is None else result.merge(m)
     return _member_scalars(result) if self.vmapped else [metrics_lib.scalars(result)]
 
-  def run_steps(self, states, step: int, end: int, shuffle_keys=None):
-    """Trains steps [step, end) of one epoch; returns (states, accumulated metrics)."""
-    keys = self.shuffle_key if shuffle_keys is None else shuffle_keys
+  def run_steps(self, states, step: int, end: int, member_keys=None):
+    """Trains steps [step, end) of one epoch; returns (states, accumulated metrics).
+    `member_keys`: `member_keys(configs)` of vmapped members (default: this trainer's config's)."""
+    shuffle_keys, step_keys = (self.shuffle_key, self.step_key) if member_keys is None else member_keys
     epoch, index = divmod(step, self.steps_per_epoch)
-    if self._perm[0] != epoch or self._perm[1] is not keys:
-      self._perm = (epoch, keys, self._permutation(keys, epoch))
-    return run_chunk(self._train_steps, states, self.train_images, self.train_labels, self._perm[2], index,
-                     end - step, self.fused)
+    if self._perm[0] != epoch or self._perm[1] is not shuffle_keys:
+      self._perm = (epoch, shuffle_keys, self._permutation(shuffle_keys, epoch))
+    return run_chunk(self._train_steps, states, self.train_images, self.train_labels, self._perm[2], step_keys,
+                     index, end - step, self.fused)
 
 
-def run_chunk(program, state, images, labels, perm, index: int, num_steps: int, fused: bool):
+def run_chunk(program, state, images, labels, perm, step_keys, index: int, num_steps: int, fused: bool):
   """`num_steps` steps from batch `index`: one call of `program` when fused, else one call per step."""
   if fused:
-    return program(state, images, labels, perm, index, num_steps)
+    return program(state, images, labels, perm, step_keys, index, num_steps)
   acc = None
   for i in range(index, index + num_steps):
-    state, m = program(state, images, labels, perm, i, 1)
+    state, m = program(state, images, labels, perm, step_keys, i, 1)
     acc = m if acc is None else acc.merge(m)
   return state, acc
 
@@ -312,7 +319,7 @@ def _train(trainer: Trainer, members: List[_Member], states, step: int) -> List[
     return [Outcome(m) for m in final]
   for m in members:
     m.last_saved = m.ckpt.steps()[0] if m.ckpt.steps() else None
-  shuffle_keys = trainer.shuffle_keys([m.config for m in members])
+  member_keys = trainer.member_keys([m.config for m in members])
   logging.info("Training %s%d steps (%d per epoch, batch %d, %s) on %d %s device(s)",
                "" if single else f"{len(members)} members vmapped, ", num_steps, trainer.steps_per_epoch,
                config.batch_size, "fused" if trainer.fused else "step by step", jax.device_count(),
@@ -324,7 +331,7 @@ def _train(trainer: Trainer, members: List[_Member], states, step: int) -> List[
     while step < num_steps and live:
       # Step by step, one step per iteration, so a signal stops training after the current step.
       end = next_boundary(step, num_steps, trainer.steps_per_epoch, config) if trainer.fused else step + 1
-      states, chunk = trainer.run_steps(states, step, end, shuffle_keys)
+      states, chunk = trainer.run_steps(states, step, end, member_keys)
       acc = chunk if acc is None else acc.merge(chunk)
       step = end
       last = step == num_steps

@@ -1,4 +1,9 @@
-"""The original project's CNN as a pure Flax linen module (no training logic)."""
+"""The models as pure Flax linen modules (no training logic): the original CNN and a residual family.
+
+Every model is called as `model.apply(variables, images, train=...)`: in training, dropout draws
+from the "dropout" rng and BatchNorm statistics (collection "batch_stats") are updated; in
+evaluation and prediction the statistics are used, not updated.
+"""
 
 import functools
 from typing import Callable, Sequence
@@ -6,6 +11,7 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from fmnist_jax import runtime
 
@@ -89,8 +95,10 @@ class CNN(nn.Module):
   pool_impl: str = "xla"  # "xla" (nn.max_pool) or "slices" (strided_max_pool): same values and gradients.
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    """Maps images [N, 28, 28, 1] in [0, 1] to float32 logits [N, num_classes]."""
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """Maps images [N, 28, 28, 1] in [0, 1] to float32 logits [N, num_classes]; computes the same
+    in training and evaluation (no dropout, no statistics)."""
+    del train
     x = x.astype(self.dtype)
     conv = im2col_conv if self.conv_impl == "im2col" else jax.lax.conv_general_dilated
     for features in self.conv_features:
@@ -107,12 +115,92 @@ class CNN(nn.Module):
     return x.astype(jnp.float32)
 
 
-def create_model(config, rt=None) -> CNN:
-  """Builds the CNN from `config.model` and `config.dtype` (names already validated); `rt`, a
-  resolved `runtime.Runtime`, picks the layer arithmetic (default: resolved for JAX's backend)."""
+class ResidualBlock(nn.Module):
+  """Pre-activation residual block (He et al. 2016; Zagoruyko & Komodakis' wide-ResNet block):
+  [BN] act conv3x3(stride) [BN] act [dropout] conv3x3, plus a 1x1 projection when the shape changes."""
+
+  features: int
+  strides: int
+  batch_norm: bool
+  batch_norm_momentum: float
+  dropout_rate: float
+  activation: Callable[[jnp.ndarray], jnp.ndarray]
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv = functools.partial(nn.Conv, use_bias=not self.batch_norm, dtype=self.dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.batch_norm_momentum,
+                             dtype=self.dtype)
+    y = self.activation(norm()(x) if self.batch_norm else x)
+    shortcut = x
+    if x.shape[-1] != self.features or self.strides != 1:
+      shortcut = conv(self.features, (1, 1), strides=self.strides)(y)
+    y = conv(self.features, (3, 3), strides=self.strides, padding=1)(y)
+    y = self.activation(norm()(y) if self.batch_norm else y)
+    if self.dropout_rate:
+      y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+    y = conv(self.features, (3, 3), padding=1)(y)
+    return shortcut + y
+
+
+class ResNet(nn.Module):
+  """conv3x3 stem → stages of residual blocks (the first of each stage after the first halves the
+  resolution) → [BN] act → global average pool → dense logits. WRN-d-k: stage_features
+  (16k, 32k, 64k), (d - 4) / 6 blocks per stage."""
+
+  stem_features: int = 16
+  stage_features: Sequence[int] = (16, 32, 64)
+  blocks_per_stage: Sequence[int] = (2, 2, 2)
+  batch_norm: bool = True
+  batch_norm_momentum: float = 0.9
+  dropout_rate: float = 0.0
+  num_classes: int = 10
+  activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """Maps images [N, 28, 28, 1] in [0, 1] to float32 logits [N, num_classes]."""
+    x = nn.Conv(self.stem_features, (3, 3), padding=1, use_bias=not self.batch_norm, dtype=self.dtype)(
+        x.astype(self.dtype))
+    for stage, (features, blocks) in enumerate(zip(self.stage_features, self.blocks_per_stage)):
+      for block in range(blocks):
+        x = ResidualBlock(features, 2 if stage and not block else 1, self.batch_norm, self.batch_norm_momentum,
+                          self.dropout_rate, self.activation, self.dtype)(x, train)
+    if self.batch_norm:
+      x = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum, dtype=self.dtype)(x)
+    x = self.activation(x).mean(axis=(1, 2))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+def resnet_config() -> ml_collections.ConfigDict:
+  """`config.model` of a ResNet (assign it whole: a resnet's section holds none of the CNN's fields)."""
+  m = ml_collections.ConfigDict()
+  m.name = "resnet"  # Model family: "cnn" (the seed's) or "resnet".
+  m.stem_features = 16  # Output channels of the first 3x3 convolution.
+  m.stage_features = (16, 32, 64)  # Channels of each stage; stages after the first halve the resolution.
+  m.blocks_per_stage = (2, 2, 2)  # Residual blocks in each stage (WRN-d-k: (d - 4) / 6 each, widths 16k, 32k, 64k).
+  m.batch_norm = True  # BatchNorm before each activation (its statistics are model state, checkpointed).
+  m.batch_norm_momentum = 0.9  # Running statistics: new = momentum * old + (1 - momentum) * batch's.
+  m.dropout_rate = 0.0  # Dropout between the two convolutions of each block (0: none).
+  m.activation = "relu"  # Nonlinearity (any flax.linen activation name).
+  m.num_classes = 10  # Output logits.
+  return m
+
+
+def create_model(config, rt=None) -> nn.Module:
+  """Builds `config.model` (names already validated) with compute dtype `config.dtype`; `rt`, a
+  resolved `runtime.Runtime`, picks the CNN's layer arithmetic (default: resolved for JAX's backend)."""
+  m = config.model
+  if m.name == "resnet":
+    return ResNet(stem_features=m.stem_features, stage_features=tuple(m.stage_features),
+                  blocks_per_stage=tuple(m.blocks_per_stage), batch_norm=m.batch_norm,
+                  batch_norm_momentum=m.batch_norm_momentum,
+                  dropout_rate=m.dropout_rate, num_classes=m.num_classes, activation=getattr(nn, m.activation),
+                  dtype=jnp.dtype(config.dtype))
   if rt is None:
     rt = runtime.resolve(config.runtime)
-  m = config.model
   return CNN(
       conv_features=tuple(m.conv_features),
       kernel_size=tuple(m.kernel_size),
@@ -124,3 +212,20 @@ def create_model(config, rt=None) -> CNN:
       conv_impl=rt.conv_impl,
       pool_impl=rt.pool_impl,
   )
+
+
+def inference_variables(params, batch_stats=None, ema_params=None) -> dict:
+  """What evaluation and prediction apply: the EMA of the parameters when kept, the BatchNorm statistics."""
+  variables = {"params": params if ema_params is None else ema_params}
+  if batch_stats is not None:
+    variables["batch_stats"] = batch_stats
+  return variables
+
+
+def inference_logits(apply_fn, variables, images, flip_tta: bool):
+  """Evaluation and prediction logits (statistics used, not updated); with `flip_tta`, the mean of
+  the logits of each image and of its mirror image."""
+  logits = apply_fn(variables, images, train=False)
+  if flip_tta:
+    logits = (logits + apply_fn(variables, images[:, :, ::-1], train=False)) / 2
+  return logits

@@ -6,8 +6,9 @@ A file that cannot be read gets one `error:` line on stderr (or an object with "
 the others are still classified, and the exit status is 2. Without --workdir the shipped model
 (package data `fmnist_jax.pretrained`, the repository's pretrained/ folder) is used.
 
-The model is built from the workdir's saved config, so any trained widths predict without flags,
-and only the `params` checkpoint item is read (a shipped model may omit the optimizer state).
+The model is built from the workdir's saved config, so any trained model predicts without flags,
+as evaluation during training did (EMA parameters, BatchNorm statistics, flip TTA as configured);
+the optimizer state is never read (a shipped model may omit it).
 Batches are padded to a power of two (at most the config's eval_batch_size, larger inputs go in
 chunks of it), so a process compiles once per bucket, not once per distinct batch size.
 """
@@ -46,8 +47,12 @@ class Predictor:
     self.config = run_folder.load_config(self.workdir)
     try:
       model = models.create_model(self.config)
-      abstract_params = jax.eval_shape(
-          lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE))["params"])
+      abstract = jax.eval_shape(
+          lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE)))
+      abstract_model_state = {"batch_stats": abstract["batch_stats"]} if "batch_stats" in abstract else {}
+      if self.config.ema_decay:
+        abstract_model_state["ema_params"] = abstract["params"]
+      flip_tta = bool(self.config.eval_flip_tta)
       self.max_batch = int(self.config.eval_batch_size)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
       raise errors.CheckpointError(
@@ -55,11 +60,13 @@ class Predictor:
           f"{e}); restore the config.json the run was trained with") from e
     ckpt = checkpoints.Checkpointer(self.workdir, read_only=True)
     try:
-      self.step, self.params = ckpt.restore_params(abstract_params)
+      self.step, (self.params, model_state) = ckpt.restore_model(abstract["params"], abstract_model_state)
       self.skipped = ckpt.failures  # The newer steps that did not restore, each "step N: reason".
     finally:
       ckpt.close()
-    self._probabilities = jax.jit(lambda params, x: jax.nn.softmax(model.apply({"params": params}, x)))
+    self.variables = models.inference_variables(self.params, **model_state)
+    self._probabilities = jax.jit(
+        lambda variables, x: jax.nn.softmax(models.inference_logits(model.apply, variables, x, flip_tta)))
 
   def bucket(self, n: int) -> int:
     """The padded batch size for n images: the next power of two, capped at max_batch."""
@@ -73,7 +80,7 @@ class Predictor:
       chunk = images[start:start + self.max_batch]
       padded = np.zeros((self.bucket(len(chunk)),) + chunk.shape[1:], np.float32)
       padded[:len(chunk)] = chunk
-      out.append(np.asarray(self._probabilities(self.params, padded))[:len(chunk)])
+      out.append(np.asarray(self._probabilities(self.variables, padded))[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, len(CLASS_NAMES)), np.float32)
 
 

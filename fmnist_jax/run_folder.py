@@ -29,7 +29,8 @@ VERSIONED_PACKAGES = ("jax", "flax", "optax", "orbax-checkpoint")  # Their versi
 # step s trains on: seed, batch_size, dataset) intact. A name ending in "." covers the section. Every other
 # field must match the saved run, including fields added to the project later, until listed here.
 RESUME_SAFE = (
-    "learning_rate", "b1", "b2", "eps",  # Optimizer hyperparameters: restored runs take the config's.
+    "learning_rate", "b1", "b2", "eps", "weight_decay", "momentum",  # In the optimizer state: a resume takes the config's.
+    "eval_flip_tta",  # How evaluation reads the model, not how it trains.
     "num_epochs", "num_train_steps",  # Train longer; a run already past the end only evaluates.
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep", "eval_batch_size",
     "data.source", "data.data_dir", "data.manual_dir", "data.idx_dirs",  # Where the same images are read from.
@@ -92,7 +93,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not isinstance(saved, dict):
     raise errors.CheckpointError(f"{path} is not a config (a JSON object expected); restore it from the run's config")
   defaults = json.loads(default_config().to_json_best_effort())
-  return ml_collections.ConfigDict(_merged(defaults, upgrade(saved)))
+  saved = upgrade(saved)
+  if saved.get("model", {}).get("name", "cnn") == "resnet":  # Its defaults are a resnet's, not base.py's CNN.
+    from fmnist_jax import models  # pylint: disable=g-import-not-at-top
+    defaults["model"] = json.loads(models.resnet_config().to_json_best_effort())
+  return ml_collections.ConfigDict(_merged(defaults, saved))
 
 
 def resume_safe(field: str) -> bool:

@@ -23,7 +23,7 @@ CONFIG_ARGS = {"batch_size": 96, "num_train_steps": STEPS, "eval_every_steps": S
 EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     import functools, json, sys
     import jax
-    from fmnist_jax import input_pipeline, loop, parallel, train
+    from fmnist_jax import loop, train
     from tests.conftest import tiny_config
     root, config_args = sys.argv[1], json.loads(sys.argv[2])
     config = tiny_config(**config_args)
@@ -31,9 +31,9 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     outcomes = loop.train_and_evaluate_many(
         [config, tiny_config(seed=1, **config_args)], [root + "/member0", root + "/member1"])
     trainer = loop.Trainer(config)
-    step = jax.jit(functools.partial(train.train_steps, batch_size=config.batch_size, mesh=trainer.mesh))
+    step = jax.jit(functools.partial(train.train_steps, config=config, mesh=trainer.mesh))
     hlo = step.lower(trainer.abstract_state(), trainer.train_images, trainer.train_labels,
-                     jax.numpy.arange(trainer.num_train), 0, 1).compile().as_text()
+                     jax.numpy.arange(trainer.num_train), trainer.step_key, 0, 1).compile().as_text()
     print(json.dumps({"devices": jax.device_count(), "metrics": metrics, "member0": outcomes[0].metrics,
                       "all_reduce": "all-reduce" in hlo}))
 """)

@@ -1,5 +1,6 @@
 """Steps learn; the loop evaluates, logs, checkpoints and resumes bit for bit."""
 
+import functools
 import glob
 import os
 
@@ -38,7 +39,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(fmnist):
   state = train.create_train_state(config, jax.random.PRNGKey(0))
   batch = input_pipeline.gather_batch(fmnist["train"].images, fmnist["train"].labels,
                                       jnp.arange(100), 0, 100)
-  step = jax.jit(train.train_step)
+  step = jax.jit(functools.partial(train.train_step, step_key=train.derive_keys(0)[2], config=config))
   state, first = step(state, batch)
   for _ in range(20):
     state, last = step(state, batch)
@@ -49,7 +50,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(fmnist):
 @pytest.mark.slow
 def test_bfloat16_compute_learns_with_float32_parameters_and_adam_state(fmnist):
   batch = input_pipeline.gather_batch(fmnist["train"].images, fmnist["train"].labels, jnp.arange(100), 0, 100)
-  step = jax.jit(train.train_step)
+  step = jax.jit(functools.partial(train.train_step, step_key=train.derive_keys(0)[2], config=tiny_config()))
   start = train.create_train_state(tiny_config(), jax.random.PRNGKey(0))
   f32_state, _ = step(start, batch)
   state, first = step(train.create_train_state(tiny_config(dtype="bfloat16"), jax.random.PRNGKey(0)), batch)

@@ -1,0 +1,91 @@
+"""On-device augmentation: each does what it says on known images, is a pure function of its key,
+and a config with everything off leaves the training step as it was."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmnist_jax import augment
+from fmnist_jax import run_folder
+
+KEY = jax.random.PRNGKey(7)
+N = 64
+
+
+def ramp_images():
+  """Images [N, 28, 28, 1] whose pixels are all distinct and nonzero (value = 1 + row * 28 + column)."""
+  image = (1 + jnp.arange(28 * 28, dtype=jnp.float32)).reshape(28, 28, 1)
+  return jnp.broadcast_to(image, (N, 28, 28, 1))
+
+
+def test_flip_mirrors_about_half_of_the_images_and_leaves_the_rest():
+  images = ramp_images()
+  out = np.asarray(augment.random_flip(KEY, images))
+  mirrored = np.all(out == np.asarray(images)[:, :, ::-1], axis=(1, 2, 3))
+  unchanged = np.all(out == np.asarray(images), axis=(1, 2, 3))
+  assert np.all(mirrored ^ unchanged)
+  assert 0.25 < mirrored.mean() < 0.75
+
+
+def test_translation_shifts_content_by_the_drawn_offset_with_zero_fill():
+  images, pixels = ramp_images(), 3
+  out = np.asarray(augment.random_translate(KEY, images, pixels))[..., 0]
+  original = np.asarray(images)[0, ..., 0]
+  offsets = set()
+  for image in out:
+    y, x = np.argwhere(image == original[10, 10])[0]  # Where the pixel (10, 10) went.
+    dy, dx = y - 10, x - 10
+    assert abs(dy) <= pixels and abs(dx) <= pixels
+    shifted = np.zeros_like(original)
+    shifted[max(dy, 0):28 + min(dy, 0), max(dx, 0):28 + min(dx, 0)] = \
+        original[max(-dy, 0):28 - max(dy, 0), max(-dx, 0):28 - max(dx, 0)]
+    np.testing.assert_array_equal(image, shifted)
+    offsets.add((dy, dx))
+  assert len(offsets) > 10  # The offsets vary per image.
+
+
+def test_erasing_fills_one_rectangle_within_the_area_and_aspect_ranges():
+  images = jnp.ones((N, 28, 28, 1))
+  area, aspect = (0.05, 0.3), (0.5, 2.0)
+  out = np.asarray(augment.random_erase(KEY, images, 1.0, area, aspect, fill=0.25))[..., 0]
+  for image in out:
+    rows, cols = np.nonzero(image == 0.25)
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert len(rows) == height * width  # A filled rectangle ...
+    assert set(np.unique(image)) == {0.25, 1.0}  # ... and the rest untouched.
+    rounding = (height + width + 1) / 2  # Height and width are rounded to whole pixels.
+    assert area[0] * 784 - rounding <= height * width <= area[1] * 784 + rounding
+    assert aspect[0] - 0.25 <= height / width <= aspect[1] + 0.5
+  assert np.all(np.asarray(augment.random_erase(KEY, images, 0.0, area, aspect, 0.0)) == 1.0)
+  some = np.asarray(augment.random_erase(KEY, images, 0.5, area, aspect, 0.0))
+  assert 0.25 < np.any(some == 0, axis=(1, 2, 3)).mean() < 0.75
+
+
+def test_augmentation_is_a_pure_function_of_the_key_and_off_is_identity():
+  config = run_folder.default_config().augment
+  assert not augment.enabled(config)
+  images = ramp_images() / 785
+  np.testing.assert_array_equal(augment.apply(config, KEY, images), images)
+  config.flip, config.translate_pixels, config.erase_probability = True, 2, 0.5
+  assert augment.enabled(config)
+  first = augment.apply(config, KEY, images)
+  np.testing.assert_array_equal(jax.jit(lambda k, x: augment.apply(config, k, x))(KEY, images), first)
+  assert not np.array_equal(augment.apply(config, jax.random.PRNGKey(8), images), first)
+  # Each image is augmented independently: its result changes when only another image's key would.
+  assert len({np.asarray(x).tobytes() for x in first}) > N // 2
+
+
+@pytest.mark.parametrize("field, value", [("flip", True), ("translate_pixels", 2), ("erase_probability", 0.5)])
+def test_training_step_augments_from_seed_and_step(fmnist, field, value):
+  from fmnist_jax import input_pipeline, train  # pylint: disable=g-import-not-at-top
+  from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**{f"augment.{field}": value})
+  batch = input_pipeline.gather_batch(fmnist["train"].images, fmnist["train"].labels, jnp.arange(20), 0, 20)
+  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  step = jax.jit(lambda s, k: train.train_step(s, batch, k, config=config)[1].loss.compute())
+  plain = train.train_step(state, batch, train.derive_keys(0)[2], config=tiny_config())[1].loss.compute()
+  loss = step(state, train.derive_keys(0)[2])
+  assert float(loss) == float(step(state, train.derive_keys(0)[2]))  # Same (seed, step), same images.
+  assert float(loss) != float(plain)  # Augmented.
+  assert float(step(state.replace(step=state.step + 1), train.derive_keys(0)[2])) != float(loss)  # Other step.

@@ -1,0 +1,99 @@
+"""Optimizers and schedules: the base config is today's Adam exactly; schedules scale a peak rate
+that stays in the optimizer state, so rate sweeps share one compiled program."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fmnist_jax import optimizers
+from fmnist_jax import train
+from tests.conftest import tiny_config
+
+PARAMS = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}}
+GRADS = {"Dense_0": {"kernel": jnp.full((3, 2), 0.5), "bias": jnp.full((2,), 0.5)}}
+
+
+def test_base_optimizer_is_inject_hyperparams_adam_state_and_updates_bitwise():
+  config = tiny_config()
+  tx = optimizers.create(config, 100)
+  seed = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8)
+  state, seed_state = tx.init(PARAMS), seed.init(PARAMS)
+  assert jax.tree.structure(state) == jax.tree.structure(seed_state)
+  for _ in range(3):
+    (updates, state), (seed_updates, seed_state) = tx.update(GRADS, state), seed.update(GRADS, seed_state)
+    for a, b in zip(jax.tree.leaves((updates, state)), jax.tree.leaves((seed_updates, seed_state))):
+      assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    # 100 steps, warmup 20 (0.2), from 0.1 of the peak to 0.0.
+    ("constant", {0: 1.0, 10: 1.0, 99: 1.0}),
+    ("warmup_linear", {0: 0.1, 10: 0.55, 20: 1.0, 60: 0.5, 100: 0.0}),
+    ("warmup_cosine", {0: 0.1, 10: 0.55, 20: 1.0, 60: 0.5, 100: 0.0}),
+    ("one_cycle", {0: 0.1, 10: 0.55, 20: 1.0, 60: 0.5, 100: 0.0, 5: 0.1 + 0.9 * (1 - np.cos(np.pi / 4)) / 2}),
+])
+def test_schedules_give_known_factors_at_known_steps(schedule, expected):
+  config = tiny_config(schedule=schedule, warmup_fraction=0.2, lr_start_factor=0.1, lr_end_factor=0.0)
+  factor = optimizers.schedule_factor(config, 100) or (lambda count: 1.0)
+  for count, value in expected.items():
+    assert float(factor(count)) == pytest.approx(value, abs=1e-6), count
+  if schedule == "warmup_cosine":
+    assert float(factor(40)) == pytest.approx((1 + np.cos(np.pi / 4)) / 2, abs=1e-6)  # Cosine, not linear.
+
+
+def test_sgd_update_is_minus_peak_rate_times_schedule_times_gradient():
+  config = tiny_config(optimizer="sgd", momentum=0.0, learning_rate=0.1, schedule="warmup_linear",
+                       warmup_fraction=0.5, lr_start_factor=0.2, lr_end_factor=0.0)
+  tx = optimizers.create(config, 10)
+  state = tx.init(PARAMS)
+  assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.1)  # The peak lives in the state.
+  for count, factor in enumerate((0.2, 0.36, 0.52)):  # Linear from 0.2 to 1 over 5 steps.
+    updates, state = tx.update(GRADS, state, PARAMS)
+    np.testing.assert_allclose(updates["Dense_0"]["kernel"], -0.1 * factor * 0.5, rtol=1e-6, err_msg=count)
+
+
+def test_weight_decay_applies_to_kernels_only():
+  for optimizer in ("adamw", "sgd"):
+    config = tiny_config(optimizer=optimizer, weight_decay=0.5, learning_rate=1.0, momentum=0.0)
+    tx = optimizers.create(config, 10)
+    zero = jax.tree.map(jnp.zeros_like, GRADS)
+    updates, _ = tx.update(zero, tx.init(PARAMS), PARAMS)
+    np.testing.assert_allclose(updates["Dense_0"]["kernel"], -0.5, rtol=1e-6, err_msg=optimizer)
+    np.testing.assert_allclose(updates["Dense_0"]["bias"], 0.0, err_msg=optimizer)
+
+
+def test_gradient_clipping_bounds_the_update():
+  config = tiny_config(optimizer="sgd", momentum=0.0, learning_rate=1.0, grad_clip_norm=0.1)
+  tx = optimizers.create(config, 10)
+  updates, _ = tx.update(GRADS, tx.init(PARAMS), PARAMS)
+  assert float(optax.tree.norm(updates)) == pytest.approx(0.1, rel=1e-5)
+
+
+def test_rate_sweep_with_a_schedule_shares_one_compiled_step(fmnist):
+  from fmnist_jax import input_pipeline, loop  # pylint: disable=g-import-not-at-top
+  configs = [tiny_config(optimizer="adamw", weight_decay=wd, learning_rate=lr, schedule="warmup_cosine",
+                         warmup_fraction=0.1, lr_start_factor=0.5) for lr, wd in ((1e-3, 1e-4), (3e-3, 1e-2))]
+  assert loop.program_key(configs[0]) == loop.program_key(configs[1])
+  batch = input_pipeline.gather_batch(fmnist["train"].images, fmnist["train"].labels, jnp.arange(100), 0, 100)
+  step = jax.jit(functools.partial(train.train_step, step_key=train.derive_keys(0)[2], config=configs[0]))
+  init = train.create_train_state(configs[0], jax.random.PRNGKey(0))
+  results = [step(train.with_config_hyperparams(init, c), batch)[0] for c in configs]
+  assert step._cache_size() == 1  # pylint: disable=protected-access
+  assert float(results[1].opt_state.hyperparams["weight_decay"]) == pytest.approx(1e-2)
+  assert not np.array_equal(results[0].params["Dense_1"]["kernel"], results[1].params["Dense_1"]["kernel"])
+
+
+def test_label_smoothing_is_the_smoothed_cross_entropy(fmnist):
+  from fmnist_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = tiny_config(label_smoothing=0.2)
+  batch = input_pipeline.gather_batch(fmnist["train"].images, fmnist["train"].labels, jnp.arange(50), 0, 50)
+  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  _, metrics = train.train_step(state, batch, train.derive_keys(0)[2], config=config)
+  logits = state.apply_fn({"params": state.params}, batch["image"])
+  targets = 0.8 * jax.nn.one_hot(batch["label"], 10) + 0.02
+  expected = -(targets * jax.nn.log_softmax(logits)).sum(-1).mean()
+  assert float(metrics.loss.compute()) == pytest.approx(float(expected), rel=1e-5)

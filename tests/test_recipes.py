@@ -1,0 +1,221 @@
+"""Model state: BatchNorm statistics and an EMA of the parameters train, checkpoint, resume bit for
+bit, vmap and shard like the parameters; dropout and augmentation draw from (seed, step); predict
+and evaluate use them. The runs are experiments/resnet_smoke.py (a tiny ResNet, every recipe on)."""
+
+import functools
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import resnet_smoke
+from fmnist_jax import checkpoints
+from fmnist_jax import errors
+from fmnist_jax import evaluate
+from fmnist_jax import input_pipeline
+from fmnist_jax import loop
+from fmnist_jax import models
+from fmnist_jax import predict
+from fmnist_jax import run_folder
+from fmnist_jax import train
+from tests.conftest import DEBIAN_DIR, run_module
+from tests.test_ensemble import METRIC_ATOL
+from tests.test_reliability import assert_bitwise_equal
+
+STEPS = resnet_smoke.get_config().num_train_steps
+
+
+def smoke_config(**overrides):
+  config = resnet_smoke.get_config()
+  config.data.idx_dirs = (DEBIAN_DIR,)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def final_state(workdir):
+  config = run_folder.load_config(workdir)
+  abstract = jax.eval_shape(functools.partial(train.create_train_state, config), jax.random.PRNGKey(0))
+  return checkpoints.Checkpointer(workdir, read_only=True).restore_latest(abstract)
+
+
+def assert_close(a, b):
+  """Equal up to float32 reordering (vmapped or sharded sums) amplified over the steps."""
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """(workdir, final metrics) of experiments/resnet_smoke.py trained without interruption."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  return workdir, loop.train_and_evaluate(smoke_config(), workdir)
+
+
+def batch_of(fmnist, n=32):
+  return input_pipeline.gather_batch(fmnist["train"].images, fmnist["train"].labels, jnp.arange(n), 0, n)
+
+
+def test_batch_statistics_change_in_training_and_not_in_evaluation(fmnist):
+  config = smoke_config()
+  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  assert state.batch_stats is not None and state.ema_params is not None
+  batch = batch_of(fmnist)
+  trained, _ = jax.jit(functools.partial(train.train_step, config=config))(state, batch, train.derive_keys(0)[2])
+  for before, after in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(trained.batch_stats)):
+    assert not np.array_equal(before, after)
+  variables = {"params": trained.params, "batch_stats": trained.batch_stats}
+  _, updates = trained.apply_fn(variables, batch["image"], train=False, mutable=["batch_stats"])
+  for before, after in zip(jax.tree.leaves(trained.batch_stats), jax.tree.leaves(updates["batch_stats"])):
+    np.testing.assert_array_equal(before, after)
+  eval_batch = {**batch, "mask": np.ones(len(batch["label"]), bool)}
+  eval_step = jax.jit(functools.partial(train.eval_step, flip_tta=True))
+  first = eval_step(trained, eval_batch).compute()
+  assert eval_step(trained, eval_batch).compute() == first  # No state to change.
+
+
+def test_dropout_draws_from_seed_and_step(fmnist):
+  config = smoke_config(**{"augment.flip": False, "augment.translate_pixels": 0, "augment.erase_probability": 0.0})
+  state, batch = train.create_train_state(config, jax.random.PRNGKey(0)), batch_of(fmnist)
+  step = jax.jit(lambda s, k: train.train_step(s, batch, k, config=config)[1].loss.compute())
+  key = train.derive_keys(0)[2]
+  loss = float(step(state, key))
+  assert float(step(state, key)) == loss
+  assert float(step(state.replace(step=state.step + 1), key)) != loss
+  assert float(step(state, train.derive_keys(1)[2])) != loss
+  config.model.dropout_rate = 0.0
+  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  no_dropout = jax.jit(lambda s, k: train.train_step(s, batch, k, config=config)[1].loss.compute())
+  assert float(no_dropout(state, key)) == float(no_dropout(state.replace(step=state.step + 1), key))
+
+
+def test_ema_is_the_bias_corrected_average_of_the_parameters(fmnist):
+  config = smoke_config(ema_decay=0.5)
+  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  step = jax.jit(functools.partial(train.train_step, batch=batch_of(fmnist), step_key=train.derive_keys(0)[2],
+                                   config=config))
+  one, _ = step(state)
+  two, _ = step(one)
+  assert_close(one.ema_params, one.params)  # Step 1: the initial parameters carry no weight.
+  # Weights 0.5 ** (2 - i) over steps i = 1, 2, normalized: 1/3 and 2/3.
+  assert_close(two.ema_params, jax.tree.map(lambda a, b: a / 3 + 2 * b / 3, one.params, two.params))
+
+
+def test_wide_resnet_16_4_has_the_published_size():
+  config = smoke_config()
+  config.model = models.resnet_config()
+  config.model.stage_features, config.model.blocks_per_stage = (64, 128, 256), (2, 2, 2)
+  params = jax.eval_shape(models.create_model(config).init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  count = sum(np.prod(x.shape) for x in jax.tree.leaves(params["params"]))
+  assert count == pytest.approx(2.75e6, rel=0.01)  # Zagoruyko & Komodakis: WRN-16-4, 2.7M (CIFAR-10).
+
+
+@pytest.mark.slow
+def test_stop_and_resume_with_every_recipe_on_equals_straight_training_bitwise(straight, tmp_path):
+  # The straight run rolled back to its mid-run checkpoint: what a stopped run leaves (a shorter
+  # num_train_steps would change the schedule).
+  workdir = str(tmp_path / "resumed")
+  shutil.copytree(straight[0], workdir)
+  shutil.rmtree(os.path.join(workdir, checkpoints.CHECKPOINT_SUBDIR, str(STEPS)))
+  assert set(os.listdir(os.path.join(workdir, "checkpoints", str(STEPS // 2)))) >= {"params", "train", "model_state"}
+  resumed = loop.train_and_evaluate(smoke_config(), workdir)
+  (step_a, a), (step_b, b) = final_state(straight[0]), final_state(workdir)
+  assert step_a == step_b == STEPS
+  assert_bitwise_equal(a, b)
+  for x, y in zip(jax.tree.leaves((a.batch_stats, a.ema_params)), jax.tree.leaves((b.batch_stats, b.ema_params))):
+    assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+  assert resumed == straight[1]
+
+
+@pytest.mark.slow
+def test_a_resnet_run_folder_holds_only_resnet_model_fields_and_refuses_other_widths(straight):
+  workdir, _ = straight
+  with open(run_folder.config_path(workdir)) as f:
+    assert json.load(f)["model"] == json.loads(smoke_config().model.to_json())
+  assert json.loads(run_folder.load_config(workdir).model.to_json()) == json.loads(smoke_config().model.to_json())
+  run_folder.check_same_model(smoke_config(), workdir)
+  with pytest.raises(errors.CheckpointError, match=r"model.stage_features=\[4, 8\]"):
+    run_folder.check_same_model(smoke_config(**{"model.stage_features": (4, 16)}), workdir)
+
+
+@pytest.mark.slow
+def test_predict_and_evaluate_use_batch_statistics_ema_and_flip_tta(straight, fmnist):
+  workdir, final = straight
+  step, state = final_state(workdir)
+  predictor = predict.Predictor(workdir)
+  assert predictor.step == step
+  for x, y in zip(jax.tree.leaves(predictor.variables),
+                  jax.tree.leaves({"params": state.ema_params, "batch_stats": state.batch_stats})):
+    np.testing.assert_array_equal(x, y)
+  test = fmnist["test"]
+  probabilities = predictor.probabilities(test.images.astype(np.float32) / 255.0)
+  assert np.mean(probabilities.argmax(1) == test.labels) == pytest.approx(final["accuracy"], abs=METRIC_ATOL)
+  evaluation = evaluate.evaluate_workdir(workdir)
+  assert evaluation.metrics["accuracy"] == pytest.approx(final["accuracy"], abs=1e-6)
+  assert evaluation.metrics["loss"] == pytest.approx(final["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_vmapped_members_with_batch_norm_equal_single_runs(straight, tmp_path):
+  workdirs = [str(tmp_path / "seed1"), str(tmp_path / "seed0")]
+  outcomes = loop.train_and_evaluate_many([smoke_config(seed=1, learning_rate=0.02), smoke_config()], workdirs)
+  _, member = final_state(workdirs[1])
+  _, single = final_state(straight[0])
+  assert_close((member.params, member.batch_stats, member.ema_params),
+               (single.params, single.batch_stats, single.ema_params))
+  assert outcomes[1].metrics["accuracy"] == pytest.approx(straight[1]["accuracy"], abs=METRIC_ATOL)
+  _, other = final_state(workdirs[0])
+  assert not np.allclose(jax.tree.leaves(other.batch_stats)[0], jax.tree.leaves(member.batch_stats)[0])
+
+
+EIGHT_DEVICE_SCRIPT = """
+import json, sys
+import jax
+from fmnist_jax import loop
+from tests.test_recipes import smoke_config
+print(json.dumps({"devices": jax.device_count(),
+                  "metrics": loop.train_and_evaluate(smoke_config(batch_size=96), sys.argv[1])}))
+"""
+
+
+@pytest.mark.slow
+def test_eight_devices_train_batch_norm_with_global_statistics_as_one_device(tmp_path):
+  r = run_module(["-c", EIGHT_DEVICE_SCRIPT, str(tmp_path / "eight")],
+                 env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  report = json.loads(r.stdout.strip().splitlines()[-1])
+  assert report["devices"] == 8
+  metrics = loop.train_and_evaluate(smoke_config(batch_size=96), str(tmp_path / "one"))
+  abstract = jax.eval_shape(functools.partial(train.create_train_state, smoke_config()), jax.random.PRNGKey(0))
+  eight, one = (checkpoints.Checkpointer(str(tmp_path / name), read_only=True).restore_model(
+      abstract.params, checkpoints.model_state(abstract))[1] for name in ("eight", "one"))
+  # Per-device statistics (a local mean over 12 images) would differ far beyond rounding.
+  assert_close(eight, one)
+  assert report["metrics"]["accuracy"] == pytest.approx(metrics["accuracy"], abs=METRIC_ATOL)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"optimizer": "lion"}, "config.optimizer='lion' must be one of ('adam', 'adamw', 'sgd')"),
+    ({"schedule": "step"}, "config.schedule='step' must be one of"),
+    ({"weight_decay": 0.1}, "config.weight_decay=0.1 needs config.optimizer='adamw' or 'sgd'"),
+    ({"warmup_fraction": 1.5}, "config.warmup_fraction=1.5 must be a number in [0.0, 1.0]"),
+    ({"ema_decay": 1.0}, "config.ema_decay=1.0 must be a number in [0, 1)"),
+    ({"augment.translate_pixels": -1}, "config.augment.translate_pixels=-1 must be an integer in [0, 27]"),
+    ({"augment.erase_area": (0.5, 0.1)}, "config.augment.erase_area=(0.5, 0.1) must be (low, high)"),
+    ({"model.name": "vit"}, "config.model.name='vit' must be one of ('cnn', 'resnet')"),
+    ({"model.blocks_per_stage": (1,)}, "config.model.blocks_per_stage=(1,) needs one count per stage"),
+])
+def test_bad_recipe_fields_are_one_line_errors(overrides, message):
+  from fmnist_jax import config_checks  # pylint: disable=g-import-not-at-top
+  config = smoke_config(**{"optimizer": "adam", "weight_decay": 0.0, **overrides})
+  with pytest.raises(errors.ConfigError) as raised:
+    config_checks.validate(config, 1)
+  assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
