@@ -1,11 +1,15 @@
 """Time to accuracy: trains a config for N seeds, one after another, and prints one JSON line:
-python -m benchmarks.time_to_accuracy --config=experiments/X.py [--seeds=5] [--config.F=V ...]
+python -m benchmarks.time_to_accuracy --config=experiments/X.py [--seeds=5] [--baseline=experiments/base.py]
+[--config.F=V ...]
 
 Each seed trains all of the config's steps on the real training path (`loop.Trainer`, its compiled
 programs and host calls), from a fresh state, with no evaluation, logging or checkpoint inside the
 clock; its final test accuracy is evaluated after the clock stops. The programs are compiled once,
 before the first seed, by a warm-up step on a throwaway state (`compile_s`, reported apart). Seeds
 are config.seed, config.seed + 1, ... `process_s` runs from this module's first line to the print.
+With --baseline, that config trains one seed the same way in the same process, first, and
+`train_s_ratio` is this config's mean training time over the baseline's (targets are such ratios:
+absolute seconds differ about 2x between CPU machines).
 """
 
 import time
@@ -79,6 +83,8 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
   """Only as a program: the tests import this module."""
   config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).", lock_config=True)
+  config_flags.DEFINE_config_file("baseline", None, "Optional config trained for one seed first, in the same "
+                                  "process, for train_s_ratio (e.g. experiments/base.py).", lock_config=True)
   flags.DEFINE_integer("seeds", 5, "How many seeds to train, one after another.")
   flags.mark_flag_as_required("config")
 
@@ -87,7 +93,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
   runtime.prepare_process(FLAGS.config.runtime)
+  baseline = errors.exit_on_error(lambda: run(FLAGS.baseline, 1)) if FLAGS.baseline else None
   result = errors.exit_on_error(lambda: run(FLAGS.config, FLAGS.seeds))
+  if baseline is not None:
+    result["baseline"] = baseline
+    result["train_s_ratio"] = round(result["train_s_mean"] / baseline["train_s_mean"], 4)
   result["process_s"] = round(time.perf_counter() - _PROCESS_START, 3)
   print(json.dumps(result))
 

@@ -30,9 +30,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv_features = (64, 64)  # Output channels of conv1 and conv2.
   config.model.kernel_size = (5, 5)  # Convolution window (SAME padding).
   config.model.pool_size = (2, 2)  # Max-pool window and stride after each conv.
-  config.model.dense_features = 1024  # Width of the hidden dense layer.
+  config.model.dense_features = 1024  # Width of the hidden dense layer (0: flattened features straight to the logits).
   config.model.num_classes = 10  # Output logits.
   config.model.activation = "elu"  # Nonlinearity after each conv and the dense layer (any flax.linen activation name).
+  config.model.batch_norm = False  # BatchNorm between each conv and its activation (the convs then have no bias).
+  config.model.batch_norm_momentum = 0.9  # BatchNorm running statistics: new = momentum * old + (1 - momentum) * batch's.
   config.dtype = "float32"  # Compute dtype ("float32" or "bfloat16"); parameters and Adam state stay float32.
 
   # --- Optimizer (fmnist_jax/optimizers.py) ---------------------------------

@@ -79,7 +79,12 @@ def check_model(config) -> None:
   for name in ("kernel_size", "pool_size"):
     if len(model[name]) != 2:
       raise errors.ConfigError(f"config.model.{name}={tuple(model[name])!r} must be (height, width)")
-  _positive(config, "model.dense_features")
+  dense = model.dense_features
+  if isinstance(dense, bool) or not isinstance(dense, int) or dense < 0:
+    raise errors.ConfigError(f"config.model.dense_features={dense!r} must be a non-negative integer (0: no hidden layer)")
+  if not isinstance(model.batch_norm, bool):
+    raise errors.ConfigError(f"config.model.batch_norm={model.batch_norm!r} must be True or False")
+  _in_range(model, "model.", "batch_norm_momentum", 0.0, 1.0)
   size = [IMAGE_SIZE, IMAGE_SIZE]
   for _ in model.conv_features:  # Each conv keeps the size (SAME); its pool divides it (stride = window).
     size = [s // p for s, p in zip(size, model.pool_size)]

@@ -82,7 +82,11 @@ strided_max_pool.defvjp(_strided_max_pool_fwd, _strided_max_pool_bwd)
 
 
 class CNN(nn.Module):
-  """conv → pool → conv → pool → flatten → dense → logits, as in the TF1 model table."""
+  """conv → pool → conv → pool → flatten → dense → logits, as in the TF1 model table.
+
+  Beyond the seed: `batch_norm` puts BatchNorm between each conv and its activation (the convs
+  then have no bias), and `dense_features=0` maps the flattened features straight to the logits.
+  """
 
   conv_features: Sequence[int] = (64, 64)
   kernel_size: Sequence[int] = (5, 5)
@@ -90,27 +94,31 @@ class CNN(nn.Module):
   dense_features: int = 1024
   num_classes: int = 10
   activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.elu
+  batch_norm: bool = False
+  batch_norm_momentum: float = 0.9
   dtype: jnp.dtype = jnp.float32  # Compute dtype; parameters stay float32.
   conv_impl: str = "xla"  # "xla" or "im2col": same parameters and function, different arithmetic.
   pool_impl: str = "xla"  # "xla" (nn.max_pool) or "slices" (strided_max_pool): same values and gradients.
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    """Maps images [N, 28, 28, 1] in [0, 1] to float32 logits [N, num_classes]; computes the same
-    in training and evaluation (no dropout, no statistics)."""
-    del train
+    """Maps images [N, 28, 28, 1] in [0, 1] to float32 logits [N, num_classes]; BatchNorm (if any)
+    normalizes with the batch's statistics and updates its running ones only in training."""
     x = x.astype(self.dtype)
     conv = im2col_conv if self.conv_impl == "im2col" else jax.lax.conv_general_dilated
     for features in self.conv_features:
-      x = nn.Conv(features, tuple(self.kernel_size), padding="SAME", dtype=self.dtype,
+      x = nn.Conv(features, tuple(self.kernel_size), padding="SAME", dtype=self.dtype, use_bias=not self.batch_norm,
                   conv_general_dilated=conv)(x)
+      if self.batch_norm:
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum, dtype=self.dtype)(x)
       x = self.activation(x)
       if self.pool_impl == "slices":
         x = strided_max_pool(x, tuple(self.pool_size))
       else:
         x = nn.max_pool(x, tuple(self.pool_size), strides=tuple(self.pool_size))
     x = x.reshape((x.shape[0], -1))
-    x = self.activation(nn.Dense(self.dense_features, dtype=self.dtype)(x))
+    if self.dense_features:
+      x = self.activation(nn.Dense(self.dense_features, dtype=self.dtype)(x))
     x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
     return x.astype(jnp.float32)
 
@@ -208,6 +216,8 @@ def create_model(config, rt=None) -> nn.Module:
       dense_features=m.dense_features,
       num_classes=m.num_classes,
       activation=getattr(nn, m.activation),
+      batch_norm=m.batch_norm,
+      batch_norm_momentum=m.batch_norm_momentum,
       dtype=jnp.dtype(config.dtype),
       conv_impl=rt.conv_impl,
       pool_impl=rt.pool_impl,

@@ -1,0 +1,57 @@
+"""The highest-accuracy recipe: a wide ResNet with BatchNorm, SGD-Nesterov with warmup + cosine decay,
+label smoothing, mirror + shift + random-erasing augmentation, an EMA of the weights and mirror TTA.
+
+  python -m fmnist_jax.main --config=experiments/best.py --workdir=runs/best          # one GPU (WRN-16-4)
+  python -m fmnist_jax.main --config=experiments/best.py:cpu --workdir=runs/best_cpu  # a CPU-sized ResNet
+
+The ":cpu" variant keeps the recipe and shrinks the network and the schedule to train on a 2-core
+CPU within a session. Measured results are in the README ("Recipes and records").
+"""
+
+from fmnist_jax import models
+from fmnist_jax.experiments import base
+
+
+def get_config(size: str = "gpu"):
+  if size not in ("gpu", "cpu"):
+    raise ValueError(f"experiments/best.py:{size}: the size must be 'gpu' or 'cpu'")
+  config = base.get_config()
+
+  # --- Model: pre-activation wide ResNet --------------------------------------
+  config.model = models.resnet_config()
+  if size == "gpu":
+    config.model.stem_features = 16  # WRN-16-4: the stem of Zagoruyko & Komodakis.
+    config.model.stage_features = (64, 128, 256)  # Widths 16k, 32k, 64k with k = 4.
+    config.model.blocks_per_stage = (2, 2, 2)  # (16 - 4) / 6 blocks per stage.
+  else:
+    config.model.stem_features = 16  # A narrow stem.
+    config.model.stage_features = (32, 64, 128)  # Half of WRN-16-4's widths.
+    config.model.blocks_per_stage = (1, 1, 1)  # One block per stage (ResNet-8 depth).
+  config.model.dropout_rate = 0.0  # Augmentation regularizes enough at these lengths.
+
+  # --- Optimizer and schedule -------------------------------------------------
+  config.optimizer = "sgd"  # SGD with Nesterov momentum, the wide-ResNet recipe.
+  config.nesterov = True  # Nesterov momentum.
+  config.momentum = 0.9  # Momentum.
+  config.learning_rate = 0.1  # Peak rate.
+  config.weight_decay = 5e-4  # L2 on the kernels.
+  config.schedule = "warmup_cosine"  # Linear warmup, then cosine decay to lr_end_factor.
+  config.warmup_fraction = 0.05  # The first 5% of the steps rise to the peak.
+  config.lr_start_factor = 0.1  # Start at a tenth of the peak.
+  config.lr_end_factor = 0.0  # End at zero.
+
+  # --- Regularization, augmentation, evaluation ------------------------------
+  config.label_smoothing = 0.1  # Smoothed targets.
+  config.ema_decay = 0.999  # Evaluate and predict with an EMA of the weights.
+  config.eval_flip_tta = True  # Evaluation and prediction average each image with its mirror.
+  config.augment.flip = True  # Random mirror.
+  config.augment.translate_pixels = 2  # Random shifts of up to 2 pixels.
+  config.augment.erase_probability = 0.5  # Random erasing (Zhong et al.) of half of the images.
+
+  # --- Length -----------------------------------------------------------------
+  config.batch_size = 128  # The wide-ResNet batch.
+  config.num_epochs = 40 if size == "gpu" else 12  # 18,720 steps on a GPU; 5,616 on the CPU.
+  config.eval_every_steps = 2340  # Every 5 epochs.
+  config.log_every_steps = 468  # Once per epoch.
+  config.checkpoint_every_steps = 2340  # Every 5 epochs.
+  return config

@@ -1,0 +1,34 @@
+"""Every config in experiments/ loads, passes the config checks and builds its model."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from fmnist_jax import config_checks
+from fmnist_jax import input_pipeline
+from fmnist_jax import models
+
+CONFIGS = [("base", ()), ("speedrun", ()), ("best", ()), ("best", ("cpu",)), ("resnet_smoke", ())]
+
+
+@pytest.mark.parametrize("name,args", CONFIGS)
+def test_experiment_config_is_valid_and_builds_its_model(name, args):
+  config = importlib.import_module(f"fmnist_jax.experiments.{name}").get_config(*args)
+  config_checks.validate(config, 1)
+  variables = jax.eval_shape(lambda: models.create_model(config).init(
+      jax.random.PRNGKey(0), jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE)))
+  assert ("batch_stats" in variables) == bool(config.model.get("batch_norm"))
+
+
+def test_recipes_keep_the_seeds_data_and_execution_settings():
+  base = importlib.import_module("fmnist_jax.experiments.base").get_config()
+  speedrun = importlib.import_module("fmnist_jax.experiments.speedrun").get_config()
+  assert speedrun.runtime.to_dict() == base.runtime.to_dict()  # Recipes never change how a run executes.
+  assert speedrun.data.to_dict() == base.data.to_dict() and speedrun.dtype == base.dtype
+
+
+def test_best_refuses_an_unknown_size():
+  with pytest.raises(ValueError, match="gpu' or 'cpu"):
+    importlib.import_module("fmnist_jax.experiments.best").get_config("tpu")
