@@ -15,8 +15,8 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 from ml_collections import config_flags
+import numpy as np
 
 from fmnist_jax import errors
 from fmnist_jax import runtime
@@ -40,8 +40,8 @@ def _conv(x, w):
 
 def layer_ops(config) -> List[Op]:
   """The model's convolutions (forward, input and weight gradients) and hidden dense product."""
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top  # The optional `bench` extra.
   from torch.nn import grad  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top  # The optional `bench` extra.
   m, batch = config.model, config.batch_size
   rng = np.random.default_rng(0)
   normal = lambda *shape: rng.standard_normal(shape, np.float32)

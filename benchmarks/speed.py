@@ -19,8 +19,8 @@ from typing import Dict, List, Optional, Tuple
 from absl import app
 from absl import flags
 import jax
-import numpy as np
 from ml_collections import config_flags
+import numpy as np
 
 from fmnist_jax import config_checks
 from fmnist_jax import errors

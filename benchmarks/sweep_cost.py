@@ -38,7 +38,9 @@ def _timed(fn):
 def _vmapped(config, seeds, steps, group_size):
   """Groups of `group_size` seeds, one after another, sharing one trainer as the sweep runner does."""
   import jax  # pylint: disable=g-import-not-at-top
-  from fmnist_jax import loop, sweep  # pylint: disable=g-import-not-at-top
+
+  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import sweep  # pylint: disable=g-import-not-at-top
   trainer, setup_s, _ = _timed(lambda: loop.Trainer(config, vmapped=True))
   compile_s = first_s = steps_s = steps_cpu = 0.0
   for start in range(0, len(seeds), group_size):
@@ -66,13 +68,16 @@ def _eval_seconds(evaluate):
 
 def _sequential(config, seeds, steps):
   import jax  # pylint: disable=g-import-not-at-top
-  from fmnist_jax import loop, sweep  # pylint: disable=g-import-not-at-top
+
+  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import sweep  # pylint: disable=g-import-not-at-top
   per_run = []
   for seed in seeds:
     trainer, setup_s, _ = _timed(lambda seed=seed: loop.Trainer(_seeded(config, seed)))
     with sweep.compile_seconds() as compiling:
       state, first_s, _ = _timed(lambda: jax.block_until_ready(trainer.run_steps(trainer.initial_state(), 0, 1)[0]))
-    state, steps_s, steps_cpu = _timed(lambda state=state: jax.block_until_ready(trainer.run_steps(state, 1, 1 + steps)[0]))
+    state, steps_s, steps_cpu = _timed(
+        lambda state=state: jax.block_until_ready(trainer.run_steps(state, 1, 1 + steps)[0]))
     per_run.append({"data_s": setup_s, "compile_s": compiling[0], "first_step_s": first_s,
                     "step_s_per_model": steps_s / steps, "step_cpu_s_per_model": steps_cpu / steps})
     if not per_run[1:]:
@@ -97,7 +102,8 @@ def main(argv):
   seeds = list(range(FLAGS.num_seeds))
   load_before = os.getloadavg()
   result = {"backend": jax.default_backend(), "devices": jax.device_count(), "steps": steps,
-            "batch_size": config.batch_size, "vmapped": _vmapped(config, seeds, steps, FLAGS.vmap_members or len(seeds)),
+            "batch_size": config.batch_size,
+            "vmapped": _vmapped(config, seeds, steps, FLAGS.vmap_members or len(seeds)),
             "sequential": _sequential(config, seeds[:FLAGS.sequential_seeds or len(seeds)], steps),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # Linux: KiB.
             "load_average_before_after": [load_before[0], os.getloadavg()[0]]}

@@ -81,7 +81,8 @@ def check_model(config) -> None:
       raise errors.ConfigError(f"config.model.{name}={tuple(model[name])!r} must be (height, width)")
   dense = model.dense_features
   if isinstance(dense, bool) or not isinstance(dense, int) or dense < 0:
-    raise errors.ConfigError(f"config.model.dense_features={dense!r} must be a non-negative integer (0: no hidden layer)")
+    raise errors.ConfigError(f"config.model.dense_features={dense!r} must be a non-negative integer "
+                             "(0: no hidden layer)")
   if not isinstance(model.batch_norm, bool):
     raise errors.ConfigError(f"config.model.batch_norm={model.batch_norm!r} must be True or False")
   _in_range(model, "model.", "batch_norm_momentum", 0.0, 1.0)

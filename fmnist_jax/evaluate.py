@@ -115,7 +115,8 @@ def write_report(evaluation: Evaluation, out_dir: str, num_mistakes: int) -> Lis
     for row in per_class_table(evaluation.confusion):
       writer.writerow({**row, **{k: f"{row[k]:.4f}" for k in ("precision", "recall", "f1")}})
   names = fmnist_jax.CLASS_NAMES
-  summary = f"step {evaluation.step}: accuracy {evaluation.metrics['accuracy']:.4f}, loss {evaluation.metrics['loss']:.4f}"
+  m = evaluation.metrics
+  summary = f"step {evaluation.step}: accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}"
   confusion_path = plotting.save_figure(
       plotting.confusion_figure(evaluation.confusion, names, f"Test-split confusion matrix ({summary})"),
       os.path.join(out_dir, "confusion_matrix.png"))

@@ -18,8 +18,8 @@ Every failure is an `errors.ImageError` with a one-line message naming the input
 import io
 import os
 import stat
-import warnings
 from typing import Optional, Union
+import warnings
 
 import numpy as np
 from PIL import Image

@@ -11,8 +11,8 @@ import dataclasses
 import gzip
 import os
 import socket
+from typing import Dict, Optional
 import urllib.parse
-from typing import Dict, Optional, Tuple
 
 from absl import logging
 import jax

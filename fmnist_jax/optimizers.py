@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-
 # Config fields that become arrays in the optimizer state (those the chosen optimizer uses).
 HYPERPARAMS = {"adam": ("learning_rate", "b1", "b2", "eps"),
                "adamw": ("learning_rate", "b1", "b2", "eps", "weight_decay"),

@@ -5,7 +5,9 @@ host after `jax.distributed.initialize()`).
 """
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 DATA_AXIS = "data"

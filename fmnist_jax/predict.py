@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmnist_jax import CLASS_NAMES
 from fmnist_jax import checkpoints
+from fmnist_jax import CLASS_NAMES
 from fmnist_jax import cli
 from fmnist_jax import errors
 from fmnist_jax import images as images_lib

@@ -29,7 +29,8 @@ VERSIONED_PACKAGES = ("jax", "flax", "optax", "orbax-checkpoint")  # Their versi
 # step s trains on: seed, batch_size, dataset) intact. A name ending in "." covers the section. Every other
 # field must match the saved run, including fields added to the project later, until listed here.
 RESUME_SAFE = (
-    "learning_rate", "b1", "b2", "eps", "weight_decay", "momentum",  # In the optimizer state: a resume takes the config's.
+    # Optimizer hyperparameters live in the optimizer state: a resume takes the config's.
+    "learning_rate", "b1", "b2", "eps", "weight_decay", "momentum",
     "eval_flip_tta",  # How evaluation reads the model, not how it trains.
     "num_epochs", "num_train_steps",  # Train longer; a run already past the end only evaluates.
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep", "eval_batch_size",

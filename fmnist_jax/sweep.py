@@ -226,6 +226,7 @@ def run_sweep(base: ml_collections.ConfigDict, sweep_path: str, workdir: str,
   """Trains the unfinished points of the sweep (of groups part[0], part[0] + part[1], ...), writes the
   results of every finished point, and returns their records in sweep order."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from fmnist_jax import runtime  # pylint: disable=g-import-not-at-top
   if vmap_members is None:
     vmap_members = runtime.resolve(base.runtime).vmap_members
@@ -355,7 +356,8 @@ def _define_flags() -> None:
 def main(argv):
   del argv  # parse_flags refused positional arguments.
   flag_values = flags.FLAGS
-  if flag_values.config.runtime.compilation_cache_dir is None:  # Points trained one by one load, not compile, their programs.
+  # Points trained one by one load, not compile, their programs.
+  if flag_values.config.runtime.compilation_cache_dir is None:
     flag_values.config.runtime.compilation_cache_dir = os.path.join(os.path.abspath(flag_values.workdir), CACHE_SUBDIR)
   errors.exit_on_error(lambda: plan(flag_values.config, flag_values.sweep, flag_values.workdir))  # Before JAX.
   from fmnist_jax import main as train_cli  # pylint: disable=g-import-not-at-top

@@ -58,6 +58,7 @@ def manual_dir(tmp_path_factory) -> str:
 def fmnist():
   """Both splits, canonical order, from the IDX files (fast, no TensorFlow)."""
   import ml_collections
+
   from fmnist_jax import input_pipeline
   return input_pipeline.load_dataset(ml_collections.ConfigDict(
       dict(source="idx", data_dir=None, manual_dir=None, idx_dirs=(data_dir(),))))

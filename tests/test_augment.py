@@ -78,7 +78,8 @@ def test_augmentation_is_a_pure_function_of_the_key_and_off_is_identity():
 
 @pytest.mark.parametrize("field, value", [("flip", True), ("translate_pixels", 2), ("erase_probability", 0.5)])
 def test_training_step_augments_from_seed_and_step(fmnist, field, value):
-  from fmnist_jax import input_pipeline, train  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
   from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
   config = tiny_config(**{f"augment.{field}": value})
   batch = input_pipeline.gather_batch(fmnist["train"].images, fmnist["train"].labels, jnp.arange(20), 0, 20)

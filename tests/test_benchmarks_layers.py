@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from fmnist_jax import errors
 from benchmarks import layers as layer_benchmark
+from fmnist_jax import errors
 from tests.conftest import run_module, tiny_config
 
 pytest.importorskip("torch")  # The optional `bench` extra (installed by scripts/bootstrap.sh).

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 
 from benchmarks import speed as benchmark
-from fmnist_jax import loop
-from fmnist_jax import runtime
 from fmnist_jax import errors
-from fmnist_jax import train
+from fmnist_jax import loop
 from tests.conftest import run_module, tiny_config
 
 TINY_FLAGS = [  # tiny_config as command-line overrides.

@@ -8,12 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from fmnist_jax import run_folder
-from fmnist_jax import loop
 from fmnist_jax import checkpoints
+from fmnist_jax import loop
+from fmnist_jax import run_folder
 from fmnist_jax import train
-from tests.conftest import tiny_config
-from tests.conftest import unchecked_optimizer
+from tests.conftest import tiny_config, unchecked_optimizer
 
 METRIC_ATOL = 5e-4  # Float rounding may flip a few of the 10,000 test predictions.
 DIVERGING_LR = 1e20  # Adam moves every weight by ~lr on its first step: the next loss is NaN.

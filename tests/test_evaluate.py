@@ -11,13 +11,12 @@ from PIL import Image
 import pytest
 
 import fmnist_jax
-from fmnist_jax import run_folder
 from fmnist_jax import checkpoints
 from fmnist_jax import errors
 from fmnist_jax import evaluate
 from fmnist_jax import input_pipeline
 from fmnist_jax import models
-from fmnist_jax import train
+from fmnist_jax import run_folder
 from tests.conftest import REPO, run_module
 
 
@@ -121,6 +120,6 @@ def test_cli_usage_mistakes_are_one_line_before_any_work(tmp_path):
                          ([f"--workdir={tmp_path}", f"--out={existing_file}"], f"--out={existing_file}")):
     result = run_module(["-m", "fmnist_jax.evaluate", *args])
     assert result.returncode == errors.EXIT_USER_ERROR, result.stderr[-2000:]
-    [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert expected in line and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert run_module(["-m", "fmnist_jax.evaluate", "--help"]).returncode == 0

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-from fmnist_jax import runtime
 from fmnist_jax import errors
 from tests.conftest import REPO, run_module
 from tests.test_train import read_scalars
@@ -82,7 +81,7 @@ def test_compilation_cache_lets_a_second_run_compile_nothing_new(tmp_path):
 def test_entry_point_errors_are_one_line(flags, expected):
   result = run_module(["-m", "fmnist_jax.main", *flags], env=NO_TF)
   assert result.returncode == errors.EXIT_USER_ERROR
-  lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
+  lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
   assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
   assert "Traceback" not in result.stderr
 
@@ -96,7 +95,8 @@ def _run_in(folder, args):
 @pytest.mark.parametrize("args", [
     ["fmnist_jax.main", f"--config={REPO}/experiments/base.py", "--workdir="],
     ["fmnist_jax.main", f"--config={REPO}/experiments/base.py", "--workdir=  "],
-    ["fmnist_jax.sweep", f"--config={REPO}/experiments/base.py", "--workdir=", f"--sweep={REPO}/experiments/sweeps/lr.py"],
+    ["fmnist_jax.sweep", f"--config={REPO}/experiments/base.py", "--workdir=",
+     f"--sweep={REPO}/experiments/sweeps/lr.py"],
     ["fmnist_jax.evaluate", "--workdir= "],
     ["fmnist_jax.predict", "--workdir=", f"{REPO}/test_imgs/0.png"],
     ["fmnist_jax.plot", "--workdir=\t"],
@@ -104,7 +104,7 @@ def _run_in(folder, args):
 def test_an_empty_workdir_is_one_line_and_writes_nothing(tmp_path, args):
   result = _run_in(tmp_path, args)
   assert result.returncode == errors.EXIT_USER_ERROR, result.stderr[-2000:]
-  [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert "--workdir is empty" in line and "Traceback" not in result.stderr
   assert not os.listdir(tmp_path)
 
@@ -135,7 +135,7 @@ def test_a_broken_config_file_is_one_line_naming_its_cause(tmp_path, text, expec
   (tmp_path / "config.py").write_text(text)
   result = run_module(["-m", "fmnist_jax.main", f"--config={tmp_path}/config.py", "--workdir=x"], env=NO_TF)
   assert result.returncode == errors.EXIT_USER_ERROR, result.stderr[-2000:]
-  [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert expected in line and f"--config={tmp_path}/config.py" in line and "Traceback" not in result.stderr
 
 

@@ -6,11 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmnist_jax import runtime
+from fmnist_jax import config_checks
 from fmnist_jax import errors
 from fmnist_jax import models
-from fmnist_jax import train
-from fmnist_jax import config_checks
+from fmnist_jax import runtime
 from tests.conftest import tiny_config
 
 
@@ -67,7 +66,8 @@ def test_cpu_ynn_fusions_hands_only_the_named_ops_to_ynnpack():
   def compiled(config):
     step = lambda x, w: jnp.tanh(jax.lax.conv_general_dilated(
         x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))).reshape(4, -1) @ jnp.ones((1568, 3))
-    return jax.jit(step, compiler_options=runtime.resolve(config.runtime).compiler_options).lower(x, w).compile().as_text()
+    options = runtime.resolve(config.runtime).compiler_options
+    return jax.jit(step, compiler_options=options).lower(x, w).compile().as_text()
   if jax.default_backend() != "cpu":
     assert runtime.resolve(tiny_config().runtime).compiler_options is None
     return
@@ -75,7 +75,8 @@ def test_cpu_ynn_fusions_hands_only_the_named_ops_to_ynnpack():
   (dot_fusion,) = fusions(compiled(tiny_config(**{"runtime.cpu_ynn_fusions": "dot"})))  # The dot, not the convolution.
   assert '/dot_general"' in dot_fusion  # Its op_name.
   assert not fusions(compiled(tiny_config(**{"runtime.cpu_ynn_fusions": ""})))  # Eigen for everything.
-  assert runtime.resolve(tiny_config(**{"runtime.cpu_ynn_fusions": None}).runtime).compiler_options is None  # jaxlib's own choice.
+  jaxlib_default = tiny_config(**{"runtime.cpu_ynn_fusions": None})
+  assert runtime.resolve(jaxlib_default.runtime).compiler_options is None  # jaxlib's own choice.
   with pytest.raises(errors.ConfigError, match="cpu_ynn_fusions"):
     config_checks.validate(tiny_config(**{"runtime.cpu_ynn_fusions": "dot,winograd"}), 1)
 
@@ -86,7 +87,8 @@ def test_default_cpu_options_sum_bias_gradients_without_reduce_window():
   if jax.default_backend() != "cpu":
     return
   x = jnp.ones((250, 28, 28, 64))
-  hlo = lambda config: jax.jit(lambda x: x.sum((0, 1, 2)), compiler_options=runtime.resolve(config.runtime).compiler_options).lower(
+  hlo = lambda config: jax.jit(lambda x: x.sum((0, 1, 2)),
+                               compiler_options=runtime.resolve(config.runtime).compiler_options).lower(
       x).compile().as_text()
   assert "reduce-window" in hlo(tiny_config(**{"runtime.cpu_ynn_fusions": "dot"}))
   assert "reduce-window" not in hlo(tiny_config())

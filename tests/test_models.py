@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmnist_jax.experiments import base
 from fmnist_jax import models
+from fmnist_jax.experiments import base
 
 
 def _params(config):

@@ -74,7 +74,8 @@ def test_gradient_clipping_bounds_the_update():
 
 
 def test_rate_sweep_with_a_schedule_shares_one_compiled_step(fmnist):
-  from fmnist_jax import input_pipeline, loop  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
   configs = [tiny_config(optimizer="adamw", weight_decay=wd, learning_rate=lr, schedule="warmup_cosine",
                          warmup_fraction=0.1, lr_start_factor=0.5) for lr, wd in ((1e-3, 1e-4), (3e-3, 1e-2))]
   assert loop.program_key(configs[0]) == loop.program_key(configs[1])

@@ -6,8 +6,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import run_module
-from tests.conftest import tiny_config
+from tests.conftest import run_module, tiny_config
 from tests.test_ensemble import assert_params_close
 from tests.test_ensemble import final_params
 from tests.test_ensemble import METRIC_ATOL
@@ -49,8 +48,9 @@ def eight_device_runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_device_run(tmp_path_factory):
-  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+
+  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == 1
   workdir = str(tmp_path_factory.mktemp("one_device"))
   return workdir, loop.train_and_evaluate(tiny_config(**CONFIG_ARGS), workdir)

@@ -10,14 +10,14 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from fmnist_jax import loop
 from fmnist_jax import CLASS_NAMES
 from fmnist_jax import errors
 from fmnist_jax import images
+from fmnist_jax import loop
 from fmnist_jax import predict
-from fmnist_jax import train
 from tests.conftest import REPO, run_module, tiny_config
-from tests.test_images import product_photo, renderings
+from tests.test_images import product_photo
+from tests.test_images import renderings
 
 PRETRAINED = os.path.join(REPO, "pretrained")
 TEST_IMGS = [os.path.join(REPO, "test_imgs", f"{n}.png") for n in range(10)]

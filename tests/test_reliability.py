@@ -21,22 +21,25 @@ import threading
 import time
 import zlib
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given
+from hypothesis import HealthCheck
+from hypothesis import settings
+from hypothesis import strategies as st
 import jax
 import numpy as np
 from PIL import Image
 import pytest
 from tensorboard.compat.proto import event_pb2
 
-from fmnist_jax import runtime
-from fmnist_jax import run_folder
-from fmnist_jax import loop
 from fmnist_jax import checkpoints
+from fmnist_jax import config_checks
 from fmnist_jax import errors
 from fmnist_jax import images
+from fmnist_jax import loop
+from fmnist_jax import run_folder
+from fmnist_jax import runtime
 from fmnist_jax import train
-from fmnist_jax import config_checks
-from tests.conftest import REPO, UNCHECKED_OPTIMIZER_MAIN, tiny_config
+from tests.conftest import REPO, tiny_config, UNCHECKED_OPTIMIZER_MAIN
 
 NO_TENSORFLOW = os.path.join(os.path.dirname(os.path.abspath(__file__)), "no_tensorflow")
 NUM_STEPS = 30

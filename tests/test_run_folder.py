@@ -80,7 +80,7 @@ def test_cli_on_a_folder_being_trained_is_one_line_exit_2(tmp_path):
     result = run_module(["-m", "fmnist_jax.main", "--config=experiments/base.py", f"--workdir={workdir}",
                          "--config.data.source=idx"], env=NO_TF)
     assert result.returncode == errors.EXIT_USER_ERROR, result.stderr[-2000:]
-    [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert f"process {pid}" in line and "Traceback" not in result.stderr
     assert folder_contents(workdir) == [run_folder.LOCK_FILE]
 

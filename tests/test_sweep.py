@@ -13,9 +13,7 @@ import pytest
 from fmnist_jax import checkpoints
 from fmnist_jax import errors
 from fmnist_jax import sweep
-from tests.conftest import REPO
-from tests.conftest import run_module
-from tests.conftest import tiny_config
+from tests.conftest import REPO, run_module, tiny_config
 from tests.test_ensemble import assert_params_close
 from tests.test_ensemble import final_params
 from tests.test_ensemble import METRIC_ATOL

@@ -11,11 +11,11 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from fmnist_jax import run_folder
-from fmnist_jax import loop
 from fmnist_jax import checkpoints
 from fmnist_jax import errors
 from fmnist_jax import input_pipeline
+from fmnist_jax import loop
+from fmnist_jax import run_folder
 from fmnist_jax import train
 from tests.conftest import tiny_config
 
