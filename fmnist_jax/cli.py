@@ -14,6 +14,14 @@ from fmnist_jax import errors
 HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")  # absl's: each prints usage and exits.
 
 
+def show_in_help(*module_names: str) -> None:
+  """--help of a console script lists the flags of `module_names` (absl lists the flags of the
+  module named by sys.argv[0], here the script installed by pip)."""
+  for name in module_names:
+    for flag in flags.FLAGS.get_key_flags_for_module(name):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def define_workdir(help_string: str, required: bool = False) -> None:
   """--workdir: an empty or blank value is refused (it would mean the current folder)."""
   flags.DEFINE_string("workdir", None, help_string)

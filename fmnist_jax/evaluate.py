@@ -155,6 +155,7 @@ def define_flags() -> None:
 def run() -> None:
   """The `fmnist-evaluate` console script."""
   define_flags()
+  cli.show_in_help(__name__)
   app.run(main, flags_parser=cli.parse_flags)
 
 

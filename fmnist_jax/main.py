@@ -128,6 +128,7 @@ def main(argv):
 def run() -> None:
   """The `fmnist-train` console script."""
   preemption.exit_at_once()
+  cli.show_in_help(__name__)
   app.run(main, flags_parser=parse_flags)
 
 

@@ -44,6 +44,7 @@ def main(argv):
 def run() -> None:
   """The `fmnist-plot` console script."""
   define_flags()
+  cli.show_in_help(__name__)
   app.run(main, flags_parser=cli.parse_flags)
 
 

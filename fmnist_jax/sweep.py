@@ -371,6 +371,7 @@ def run() -> None:
   from fmnist_jax import main as train_cli  # pylint: disable=g-import-not-at-top  # --config, --workdir, --distributed.
   preemption.exit_at_once()
   _define_flags()
+  cli.show_in_help(__name__, train_cli.__name__)
   app.run(main, flags_parser=train_cli.parse_flags)
 
 

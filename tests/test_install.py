@@ -70,6 +70,7 @@ def test_installed_package_trains_evaluates_predicts_and_plots_from_another_fold
 
   bin_dir = os.path.dirname(python)
   assert all(os.access(os.path.join(bin_dir, name), os.X_OK) for name in CONSOLE_SCRIPTS)
-  # absl's --help exits 1, so the console script is run on an image instead.
+  for name, flag in (("fmnist-predict", "--top_k"), ("fmnist-evaluate", "--num_mistakes"), ("fmnist-sweep", "--sweep")):
+    assert flag in _run(os.path.join(bin_dir, name), cwd, "--help").stdout  # Help names the command's flags.
   predicted = _run(os.path.join(bin_dir, "fmnist-predict"), cwd, f"{REPO}/test_imgs/9.png")
   assert predicted.stdout.strip() == "Predicted class: Ankle boot"
