@@ -141,9 +141,9 @@ def test_a_resnet_run_folder_holds_only_resnet_model_fields_and_refuses_other_wi
   with open(run_folder.config_path(workdir)) as f:
     assert json.load(f)["model"] == json.loads(smoke_config().model.to_json())
   assert json.loads(run_folder.load_config(workdir).model.to_json()) == json.loads(smoke_config().model.to_json())
-  run_folder.check_same_model(smoke_config(), workdir)
+  run_folder.check_resume(smoke_config(), workdir)
   with pytest.raises(errors.CheckpointError, match=r"model.stage_features=\[4, 8\]"):
-    run_folder.check_same_model(smoke_config(**{"model.stage_features": (4, 16)}), workdir)
+    run_folder.check_resume(smoke_config(**{"model.stage_features": (4, 16)}), workdir)
 
 
 @pytest.mark.slow
