@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the folder for the results}"
 PY="${PYTHON:-python3}"
 DATA=(--config.data.source=idx "--config.data.idx_dirs=('$FMNIST_DATA',)")
+BASELINE_DATA=(--baseline.data.source=idx "--baseline.data.idx_dirs=('$FMNIST_DATA',)")
 WORK="$(mktemp -d)"
 mkdir -p "$OUT"
 "$PY" -m benchmarks.speed --config=experiments/base.py --steps=200 --compare=torch "${DATA[@]}" > "$OUT/speed_fp32.json"
@@ -27,5 +28,5 @@ start=$(date +%s.%N)
 echo "{\"sweep\": \"seeds16\", \"process_s\": $(echo "$(date +%s.%N) - $start" | bc)}" > "$OUT/seeds16.json"
 cp "$WORK/seeds16/results.csv" "$OUT/seeds16_results.csv"
 "$PY" -m benchmarks.time_to_accuracy --config=experiments/speedrun.py --seeds=5 --baseline=experiments/base.py \
-  "${DATA[@]}" > "$OUT/speedrun.json"
+  "${DATA[@]}" "${BASELINE_DATA[@]}" > "$OUT/speedrun.json"
 "$PY" -m benchmarks.time_to_accuracy --config=experiments/best.py --seeds=1 "${DATA[@]}" > "$OUT/best.json"
