@@ -77,6 +77,11 @@ def tiny_config(**overrides):
   config.checkpoint_every_steps = 10
   config.data.source = "idx"  # No TFDS preparation; subprocesses skip TensorFlow via tests/no_tensorflow.
   config.data.idx_dirs = (data_dir(),)
+  return with_overrides(config, overrides)
+
+
+def with_overrides(config, overrides):
+  """`config` with {"dotted.field": value} overrides set in place."""
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

@@ -22,7 +22,7 @@ from fmnist_jax import models
 from fmnist_jax import predict
 from fmnist_jax import run_folder
 from fmnist_jax import train
-from tests.conftest import DEBIAN_DIR, run_module
+from tests.conftest import data_dir, run_module, with_overrides
 from tests.test_ensemble import METRIC_ATOL
 from tests.test_reliability import assert_bitwise_equal
 
@@ -31,14 +31,8 @@ STEPS = resnet_smoke.get_config().num_train_steps
 
 def smoke_config(**overrides):
   config = resnet_smoke.get_config()
-  config.data.idx_dirs = (DEBIAN_DIR,)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  config.data.idx_dirs = (data_dir(),)
+  return with_overrides(config, overrides)
 
 
 def final_state(workdir):
