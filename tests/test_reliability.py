@@ -434,7 +434,7 @@ def _under_a_file(tmp_path):
     ({"batch_size": 0}, "batch_size"),
     ({"eval_batch_size": -8}, "eval_batch_size"),
     ({"num_train_steps": 0}, "num_train_steps"),
-    ({"model.dense_features": 0}, "model.dense_features"),
+    ({"model.dense_features": -1}, "model.dense_features"),
     ({"model.conv_features": (8, 0)}, "model.conv_features"),
     ({"batch_size": 60_001}, "batch_size"),  # More than the training split holds.
     ({"model.activation": "swishy"}, "model.activation"),
