@@ -106,15 +106,8 @@ def resume_safe(field: str) -> bool:
   return any(field == safe or (safe.endswith(".") and field.startswith(safe)) for safe in RESUME_SAFE)
 
 
-def _flat(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-  return out
-
-
 def flat(config) -> List[tuple]:
-  """(dotted field name, value) of every field of `config`, in the config's own order."""
+  """(dotted field name, value) of every field of `config` (a ConfigDict or a nested dict), in its own order."""
   out = []
   for key, value in config.items():
     out.extend((f"{key}.{k}", v) for k, v in flat(value)) if hasattr(value, "items") else out.append((key, value))
@@ -129,8 +122,8 @@ def check_resume(config, workdir: str) -> None:
   """`config` may go on with the run saved in `workdir`: it differs only in RESUME_SAFE fields."""
   if not os.path.exists(config_path(workdir)):
     return
-  saved = _flat(json.loads(load_config(workdir).to_json_best_effort()))
-  current = _flat(json.loads(config.to_json_best_effort()))
+  saved = dict(flat(json.loads(load_config(workdir).to_json_best_effort())))
+  current = dict(flat(json.loads(config.to_json_best_effort())))
   changed = [k for k in sorted(set(saved) | set(current))
              if saved.get(k, _ABSENT) != current.get(k, _ABSENT) and not resume_safe(k)]
   if changed:

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from absl import logging
 
+from fmnist_jax import run_folder
 from fmnist_jax import tf_compat
 
 
@@ -69,17 +70,5 @@ def create_writer(logdir: str, *, enabled: bool = True):
 
 def flatten_hparams(config) -> dict:
   """Config → {dotted.name: scalar} as the hparams plugin wants (sequences become strings)."""
-  out = {}
-
-  def visit(prefix, node):
-    for key, value in node.items():
-      name = f"{prefix}{key}"
-      if hasattr(value, "items"):
-        visit(name + ".", value)
-      elif isinstance(value, (bool, int, float, str)):
-        out[name] = value
-      else:
-        out[name] = str(value)
-
-  visit("", config)
-  return out
+  return {name: value if isinstance(value, (bool, int, float, str)) else str(value)
+          for name, value in run_folder.flat(config)}
