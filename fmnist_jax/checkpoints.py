@@ -1,7 +1,7 @@
 """The one place that talks to Orbax: save, find and restore training state in `<workdir>/checkpoints`.
 
 Each step is stored as two items: `params` and `train` (step and optimizer state), plus a third,
-`model_state` (BatchNorm statistics, EMA parameters), only for models that have such state.
+`model_state` (BatchNorm statistics, EMA of parameters and statistics), only for models that have such state.
 Prediction reads `params` and `model_state`, so a shipped model can omit the optimizer state.
 A step that fails to restore (a truncated file, missing metadata, an interrupted save) is
 reported and skipped for the newest step that restores; nothing is ever deleted to recover
@@ -26,7 +26,7 @@ from fmnist_jax import errors
 
 CHECKPOINT_SUBDIR = "checkpoints"
 MODEL_STATE = "model_state"  # The item of the TrainState fields below, saved when any is present.
-MODEL_STATE_FIELDS = ("batch_stats", "ema_params")
+MODEL_STATE_FIELDS = ("batch_stats", "ema_params", "ema_batch_stats")
 
 
 def model_state(state) -> dict:

@@ -44,7 +44,7 @@ class Evaluation:
 def _evaluate_batch(state, batch, flip_tta: bool):
   """train.eval_step's metrics plus the softmax and confusion counts (XLA shares the forward pass)."""
   batch = input_pipeline.to_float_batch(batch)
-  variables = models.inference_variables(state.params, state.batch_stats, state.ema_params)
+  variables = models.inference_variables(state.params, state.batch_stats, state.ema_params, state.ema_batch_stats)
   logits = models.inference_logits(state.apply_fn, variables, batch["image"], flip_tta)
   confusion = metrics_lib.ConfusionMatrix.from_model_output(
       logits=logits, labels=batch["label"], mask=batch["mask"])

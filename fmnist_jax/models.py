@@ -224,9 +224,12 @@ def create_model(config, rt=None) -> nn.Module:
   )
 
 
-def inference_variables(params, batch_stats=None, ema_params=None) -> dict:
-  """What evaluation and prediction apply: the EMA of the parameters when kept, the BatchNorm statistics."""
-  variables = {"params": params if ema_params is None else ema_params}
+def inference_variables(params, batch_stats=None, ema_params=None, ema_batch_stats=None) -> dict:
+  """What evaluation and prediction apply: the EMA of the parameters and of the BatchNorm statistics
+  when kept, else the parameters and the statistics."""
+  if ema_params is not None:
+    params, batch_stats = ema_params, batch_stats if ema_batch_stats is None else ema_batch_stats
+  variables = {"params": params}
   if batch_stats is not None:
     variables["batch_stats"] = batch_stats
   return variables

@@ -52,6 +52,8 @@ class Predictor:
       abstract_model_state = {"batch_stats": abstract["batch_stats"]} if "batch_stats" in abstract else {}
       if self.config.ema_decay:
         abstract_model_state["ema_params"] = abstract["params"]
+        if "batch_stats" in abstract:
+          abstract_model_state["ema_batch_stats"] = abstract["batch_stats"]
       flip_tta = bool(self.config.eval_flip_tta)
       self.max_batch = int(self.config.eval_batch_size)
     except (AttributeError, KeyError, TypeError, ValueError) as e:

@@ -26,6 +26,7 @@ class TrainState(train_state.TrainState):
 
   batch_stats: Any = None  # BatchNorm statistics (collection "batch_stats"), updated by train_step.
   ema_params: Any = None  # Exponential moving average of the parameters (config.ema_decay > 0).
+  ema_batch_stats: Any = None  # The same average of the BatchNorm statistics, evaluated with ema_params.
 
 
 # --- State and steps (pure; jitted where they are called) -------------------------------------
@@ -50,9 +51,12 @@ def create_train_state(config, rng: jax.Array, runtime=None) -> TrainState:
   model = models.create_model(config, runtime)
   variables = model.init(rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE, jnp.float32))
   params = variables["params"]
+  batch_stats = variables.get("batch_stats")
+  ema = bool(config.ema_decay)
   return TrainState.create(apply_fn=model.apply, params=params, tx=create_optimizer(config),
-                           batch_stats=variables.get("batch_stats"),
-                           ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else None)
+                           batch_stats=batch_stats,
+                           ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+                           ema_batch_stats=jax.tree.map(jnp.copy, batch_stats) if ema and batch_stats is not None else None)
 
 
 def with_config_hyperparams(state: TrainState, config) -> TrainState:
@@ -63,11 +67,11 @@ def with_config_hyperparams(state: TrainState, config) -> TrainState:
   return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
 
 
-def _ema(ema_params, params, decay: float, step):
-  """The bias-corrected average of the parameters after steps 1..step, weights decay**(step - i):
-  the initial parameters carry no weight (the update at step 1 copies the parameters)."""
+def _ema(ema_tree, tree, decay: float, step):
+  """The bias-corrected average of `tree` after steps 1..step, weights decay**(step - i): the
+  initial values carry no weight (the update at step 1 copies them)."""
   weight = (1 - decay) / (1 - decay ** step.astype(jnp.float32))
-  return jax.tree.map(lambda e, p: e + weight * (p - e), ema_params, params)
+  return jax.tree.map(lambda e, p: e + weight * (p - e), ema_tree, tree)
 
 
 def train_step(state: TrainState, batch, step_key, *, config) -> tuple:
@@ -100,15 +104,18 @@ def train_step(state: TrainState, batch, step_key, *, config) -> tuple:
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, **updates)
-  if config.ema_decay:
+  if config.ema_decay:  # BatchNorm statistics are averaged too: they must match the averaged weights.
     state = state.replace(ema_params=_ema(state.ema_params, state.params, config.ema_decay, state.step))
+    if has_stats:
+      state = state.replace(ema_batch_stats=_ema(state.ema_batch_stats, state.batch_stats, config.ema_decay,
+                                                 state.step))
   return state, metrics_lib.TrainMetrics.single_from_model_output(
       loss=loss, logits=logits, labels=labels, grad_norm=optax.tree.norm(grads))
 
 
 def eval_step(state: TrainState, batch, *, flip_tta: bool = False) -> metrics_lib.EvalMetrics:
   """Metrics of a masked batch, without gradients; `flip_tta` is config.eval_flip_tta."""
-  variables = models.inference_variables(state.params, state.batch_stats, state.ema_params)
+  variables = models.inference_variables(state.params, state.batch_stats, state.ema_params, state.ema_batch_stats)
   logits = models.inference_logits(state.apply_fn, variables, batch["image"], flip_tta)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   return metrics_lib.EvalMetrics.single_from_model_output(
