@@ -52,11 +52,12 @@ def create_train_state(config, rng: jax.Array, runtime=None) -> TrainState:
   variables = model.init(rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE, jnp.float32))
   params = variables["params"]
   batch_stats = variables.get("batch_stats")
-  ema = bool(config.ema_decay)
+
+  def ema_copy(tree):
+    return jax.tree.map(jnp.copy, tree) if config.ema_decay and tree is not None else None
+
   return TrainState.create(apply_fn=model.apply, params=params, tx=create_optimizer(config),
-                           batch_stats=batch_stats,
-                           ema_params=jax.tree.map(jnp.copy, params) if ema else None,
-                           ema_batch_stats=jax.tree.map(jnp.copy, batch_stats) if ema and batch_stats is not None else None)
+                           batch_stats=batch_stats, ema_params=ema_copy(params), ema_batch_stats=ema_copy(batch_stats))
 
 
 def with_config_hyperparams(state: TrainState, config) -> TrainState:
