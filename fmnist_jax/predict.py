@@ -13,6 +13,7 @@ Batches are padded to a power of two (at most the config's eval_batch_size, larg
 chunks of it), so a process compiles once per bucket, not once per distinct batch size.
 """
 
+import functools
 import importlib.resources
 import json
 import os
@@ -23,7 +24,6 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fmnist_jax import checkpoints
@@ -31,9 +31,9 @@ from fmnist_jax import CLASS_NAMES
 from fmnist_jax import cli
 from fmnist_jax import errors
 from fmnist_jax import images as images_lib
-from fmnist_jax import input_pipeline
 from fmnist_jax import models
 from fmnist_jax import run_folder
+from fmnist_jax import train
 
 
 class Predictor:
@@ -47,13 +47,8 @@ class Predictor:
     self.config = run_folder.load_config(self.workdir)
     try:
       model = models.create_model(self.config)
-      abstract = jax.eval_shape(
-          lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE)))
-      abstract_model_state = {"batch_stats": abstract["batch_stats"]} if "batch_stats" in abstract else {}
-      if self.config.ema_decay:
-        abstract_model_state["ema_params"] = abstract["params"]
-        if "batch_stats" in abstract:
-          abstract_model_state["ema_batch_stats"] = abstract["batch_stats"]
+      # The training state's layout says which model state the checkpoint holds (as in evaluate).
+      abstract = jax.eval_shape(functools.partial(train.create_train_state, self.config), jax.random.PRNGKey(0))
       flip_tta = bool(self.config.eval_flip_tta)
       self.max_batch = int(self.config.eval_batch_size)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -62,7 +57,7 @@ class Predictor:
           f"{e}); restore the config.json the run was trained with") from e
     ckpt = checkpoints.Checkpointer(self.workdir, read_only=True)
     try:
-      self.step, (self.params, model_state) = ckpt.restore_model(abstract["params"], abstract_model_state)
+      self.step, (self.params, model_state) = ckpt.restore_model(abstract.params, checkpoints.model_state(abstract))
       self.skipped = ckpt.failures  # The newer steps that did not restore, each "step N: reason".
     finally:
       ckpt.close()

@@ -51,13 +51,10 @@ def create_train_state(config, rng: jax.Array, runtime=None) -> TrainState:
   model = models.create_model(config, runtime)
   variables = model.init(rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE, jnp.float32))
   params = variables["params"]
-  batch_stats = variables.get("batch_stats")
-
-  def ema_copy(tree):
-    return jax.tree.map(jnp.copy, tree) if config.ema_decay and tree is not None else None
-
-  return TrainState.create(apply_fn=model.apply, params=params, tx=create_optimizer(config),
-                           batch_stats=batch_stats, ema_params=ema_copy(params), ema_batch_stats=ema_copy(batch_stats))
+  batch_stats = variables.get("batch_stats")  # None (an empty tree) for a model without BatchNorm.
+  ema_params, ema_batch_stats = jax.tree.map(jnp.copy, (params, batch_stats)) if config.ema_decay else (None, None)
+  return TrainState.create(apply_fn=model.apply, params=params, tx=create_optimizer(config), batch_stats=batch_stats,
+                           ema_params=ema_params, ema_batch_stats=ema_batch_stats)
 
 
 def with_config_hyperparams(state: TrainState, config) -> TrainState:
@@ -106,10 +103,9 @@ def train_step(state: TrainState, batch, step_key, *, config) -> tuple:
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, **updates)
   if config.ema_decay:  # BatchNorm statistics are averaged too: they must match the averaged weights.
-    state = state.replace(ema_params=_ema(state.ema_params, state.params, config.ema_decay, state.step))
-    if has_stats:
-      state = state.replace(ema_batch_stats=_ema(state.ema_batch_stats, state.batch_stats, config.ema_decay,
-                                                 state.step))
+    ema_params, ema_batch_stats = _ema((state.ema_params, state.ema_batch_stats), (state.params, state.batch_stats),
+                                       config.ema_decay, state.step)
+    state = state.replace(ema_params=ema_params, ema_batch_stats=ema_batch_stats)
   return state, metrics_lib.TrainMetrics.single_from_model_output(
       loss=loss, logits=logits, labels=labels, grad_norm=optax.tree.norm(grads))
 
