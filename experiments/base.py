@@ -38,14 +38,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.dtype = "float32"  # Compute dtype ("float32" or "bfloat16"); parameters and Adam state stay float32.
 
   # --- Optimizer (fmnist_jax/optimizers.py) ---------------------------------
-  config.optimizer = "adam"  # "adam", "adamw" (decoupled weight decay) or "sgd" (momentum).
+  config.optimizer = "adam"  # "adam", "adamw" (decoupled weight decay), "sgd" (momentum) or "muon" (orthogonalized momentum).
   config.learning_rate = 0.001  # Peak step size (a schedule scales it).
+  config.adam_learning_rate = 0.001  # Muon: peak rate of the parameters it leaves to Adam (biases, BatchNorm).
   config.b1 = 0.9  # Adam/AdamW beta1.
   config.b2 = 0.999  # Adam/AdamW beta2.
   config.eps = 1e-8  # Adam/AdamW epsilon.
-  config.momentum = 0.9  # SGD momentum.
+  config.momentum = 0.9  # SGD momentum; Muon's momentum (beta).
   config.nesterov = False  # SGD: Nesterov momentum.
-  config.weight_decay = 0.0  # Weight decay of the kernels: decoupled for adamw, L2 for sgd; adam needs 0.
+  config.weight_decay = 0.0  # Weight decay of the kernels: decoupled for adamw and muon, L2 for sgd; adam needs 0.
   config.grad_clip_norm = 0.0  # Clip the gradients to this global norm (0: no clipping).
   config.schedule = "constant"  # Peak-rate multiplier: "constant", "warmup_cosine", "warmup_linear", "one_cycle".
   config.warmup_fraction = 0.0  # Fraction of the training steps spent rising to the peak rate (not "constant").

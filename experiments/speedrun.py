@@ -1,6 +1,6 @@
-"""The fastest recipe found to a high test accuracy on a 2-core CPU: a small BatchNorm CNN with a
-narrow hidden dense layer, SGD with a warmup + linear-decay schedule, label smoothing, mirror
-augmentation and mirror TTA, 4 epochs.
+"""The fastest recipe found to a high test accuracy on a 2-core CPU: a small three-conv BatchNorm CNN
+with a narrow hidden dense layer, Muon with a warmup + linear-decay schedule, label smoothing, mirror
+augmentation and mirror TTA, 3 epochs.
 
   python -m fmnist_jax.main --config=experiments/speedrun.py --workdir=runs/speedrun
   python -m benchmarks.time_to_accuracy --config=experiments/speedrun.py --seeds=5
@@ -14,19 +14,19 @@ from fmnist_jax.experiments import base
 def get_config():
   config = base.get_config()
 
-  # --- Model: conv3x3 32 - BN - relu - pool - conv3x3 64 - BN - relu - pool - dense 128 - relu - dense 10
-  config.model.conv_features = (32, 64)  # Narrow convs: most of a CPU step is convolution.
+  # --- Model: [conv3x3 - BN - relu - pool] x 3 (32, 64, 128 channels; 28 -> 14 -> 7 -> 3) - dense 128 - relu - dense 10
+  config.model.conv_features = (32, 64, 128)  # Narrow convs (most of a CPU step is convolution); the third is cheap at 7x7.
   config.model.kernel_size = (3, 3)  # 3x3 windows (the seed's 5x5 cost 2.8x the multiply-adds).
   config.model.dense_features = 128  # A narrow hidden layer: +0.4% accuracy for a few % of the step time.
   config.model.activation = "relu"  # With BatchNorm, relu trains as well as elu and costs less.
-  config.model.batch_norm = True  # BatchNorm after each conv: allows the high SGD rate below.
+  config.model.batch_norm = True  # BatchNorm after each conv.
 
   # --- Optimizer and schedule -------------------------------------------------
-  config.optimizer = "sgd"  # SGD with momentum.
-  config.nesterov = True  # Nesterov momentum.
-  config.momentum = 0.9  # Momentum.
-  config.learning_rate = 0.1  # Peak rate.
-  config.weight_decay = 5e-4  # L2 on the kernels.
+  config.optimizer = "muon"  # Muon: orthogonalized momentum for the kernels, Adam for biases and BatchNorm.
+  config.momentum = 0.9  # Muon's momentum (Nesterov).
+  config.learning_rate = 0.03  # Peak Muon rate.
+  config.adam_learning_rate = 0.003  # Peak Adam rate of the biases and BatchNorm scales and offsets.
+  config.weight_decay = 0.0  # No weight decay (Muon's is decoupled: rate x decay per step).
   config.schedule = "warmup_linear"  # Linear rise, then linear decay to lr_end_factor.
   config.warmup_fraction = 0.2  # The first fifth of the steps rise to the peak.
   config.lr_start_factor = 0.05  # Start at a twentieth of the peak.
@@ -39,7 +39,7 @@ def get_config():
 
   # --- Length -----------------------------------------------------------------
   config.batch_size = 128  # Smaller batches: more updates per epoch at the same cost per image.
-  config.num_epochs = 4  # 1872 steps.
+  config.num_epochs = 3  # 1404 steps.
   config.eval_every_steps = 468  # Once per epoch (an evaluation costs several training steps here).
   config.log_every_steps = 117  # Four train windows per epoch.
   config.checkpoint_every_steps = 468  # Once per epoch.

@@ -20,7 +20,7 @@ ACTIVATIONS = ("celu", "elu", "gelu", "hard_sigmoid", "hard_silu", "hard_swish",
                "log_sigmoid", "relu", "relu6", "selu", "sigmoid", "silu", "soft_sign", "softplus", "swish", "tanh")
 MAX_LEARNING_RATE = 1.0  # Exclusive: Adam steps this large only diverge.
 MODEL_NAMES = ("cnn", "resnet")  # config.model.name: the seed's CNN, or models.resnet_config()'s family.
-OPTIMIZERS = ("adam", "adamw", "sgd")  # config.optimizer (fmnist_jax/optimizers.py).
+OPTIMIZERS = ("adam", "adamw", "sgd", "muon")  # config.optimizer (fmnist_jax/optimizers.py).
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "one_cycle")  # config.schedule.
 
 
@@ -41,10 +41,11 @@ def _real(config, name: str) -> float:
 
 def check_optimizer(config) -> None:
   """Adam's hyperparameters: outside these ranges it trains to nonsense (or NaN) without a word."""
-  lr = _real(config, "learning_rate")
-  if not 0 < lr < MAX_LEARNING_RATE:
-    raise errors.ConfigError(f"config.learning_rate={lr!r} must be > 0 and < {MAX_LEARNING_RATE} "
-                             "(the base experiment's is 0.001)")
+  for name in ("learning_rate", "adam_learning_rate"):
+    lr = _real(config, name)
+    if not 0 < lr < MAX_LEARNING_RATE:
+      raise errors.ConfigError(f"config.{name}={lr!r} must be > 0 and < {MAX_LEARNING_RATE} "
+                               "(the base experiment's is 0.001)")
   for name in ("b1", "b2"):
     if not 0 <= _real(config, name) < 1:
       raise errors.ConfigError(f"config.{name}={config[name]!r} must be in [0, 1) (e.g. b1=0.9, b2=0.999)")
@@ -170,8 +171,8 @@ def check_recipe(config) -> None:
   if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
     raise errors.ConfigError(f"config.ema_decay={config.ema_decay!r} must be a number in [0, 1) (0: no EMA)")
   if config.optimizer == "adam" and config.weight_decay:
-    raise errors.ConfigError(f"config.weight_decay={config.weight_decay!r} needs config.optimizer='adamw' or 'sgd' "
-                             "(adam takes no weight decay)")
+    raise errors.ConfigError(f"config.weight_decay={config.weight_decay!r} needs config.optimizer='adamw', 'sgd' "
+                             "or 'muon' (adam takes no weight decay)")
   for name in ("nesterov", "eval_flip_tta"):
     if not isinstance(config[name], bool):
       raise errors.ConfigError(f"config.{name}={config[name]!r} must be True or False")

@@ -14,8 +14,9 @@ import optax
 # Config fields that become arrays in the optimizer state (those the chosen optimizer uses).
 HYPERPARAMS = {"adam": ("learning_rate", "b1", "b2", "eps"),
                "adamw": ("learning_rate", "b1", "b2", "eps", "weight_decay"),
-               "sgd": ("learning_rate", "momentum", "weight_decay")}
-ALL_HYPERPARAMS = ("learning_rate", "b1", "b2", "eps", "weight_decay", "momentum")
+               "sgd": ("learning_rate", "momentum", "weight_decay"),
+               "muon": ("learning_rate", "adam_learning_rate", "momentum", "b1", "b2", "eps", "weight_decay")}
+ALL_HYPERPARAMS = ("learning_rate", "adam_learning_rate", "b1", "b2", "eps", "weight_decay", "momentum")
 
 
 def _cosine(start: float, end: float, steps: int):
@@ -52,6 +53,14 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def _muon_dimension_numbers(params):
+  """Muon orthogonalizes each kernel as a [fan_in, fan_out] matrix (a conv kernel [h, w, in, out] as
+  [h * w * in, out]); the other parameters (None: biases, BatchNorm scales and offsets) go to Adam."""
+  return jax.tree.map(
+      lambda p: optax.contrib.MuonDimensionNumbers(tuple(range(p.ndim - 1)), p.ndim - 1) if p.ndim > 1 else None,
+      params)
+
+
 def create(config, num_steps: int) -> optax.GradientTransformation:
   """The config's optimizer for a run of `num_steps` steps."""
   factor = schedule_factor(config, num_steps)
@@ -65,7 +74,14 @@ def create(config, num_steps: int) -> optax.GradientTransformation:
     return [optax.scale_by_learning_rate(learning_rate)] + ([] if factor is None else [optax.scale_by_schedule(factor)])
 
   head = [optax.clip_by_global_norm(clip)] if clip else []
-  if config.optimizer == "sgd":
+  if config.optimizer == "muon":
+    def muon(learning_rate, adam_learning_rate, momentum, b1, b2, eps, weight_decay):
+      return optax.chain(*head, optax.contrib.muon(
+          learning_rate, beta=momentum, eps=eps, weight_decay=weight_decay, adam_b1=b1, adam_b2=b2,
+          adam_learning_rate=adam_learning_rate, muon_weight_dimension_numbers=_muon_dimension_numbers),
+                         *([] if factor is None else [optax.scale_by_schedule(factor)]))
+    factory = muon
+  elif config.optimizer == "sgd":
     def sgd(learning_rate, momentum, weight_decay):
       return optax.chain(*head, optax.add_decayed_weights(weight_decay, _decay_mask),
                          optax.trace(decay=momentum, nesterov=config.nesterov), *tail(learning_rate))

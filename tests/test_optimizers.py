@@ -2,6 +2,8 @@
 that stays in the optimizer state, so rate sweeps share one compiled program."""
 
 import functools
+import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -98,3 +100,58 @@ def test_label_smoothing_is_the_smoothed_cross_entropy(fmnist):
   targets = 0.8 * jax.nn.one_hot(batch["label"], 10) + 0.02
   expected = -(targets * jax.nn.log_softmax(logits)).sum(-1).mean()
   assert float(metrics.loss.compute()) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_muon_orthogonalizes_kernels_and_gives_the_rest_to_adam_each_at_its_own_rate():
+  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  params = {"Conv_0": {"kernel": jnp.zeros((3, 3, 4, 8))}, "Dense_0": {"kernel": jnp.zeros((12, 6)),
+                                                                       "bias": jnp.zeros((6,))}}
+  grads = {"Conv_0": {"kernel": jax.random.normal(keys[0], (3, 3, 4, 8))},
+           "Dense_0": {"kernel": jax.random.normal(keys[1], (12, 6)), "bias": jax.random.normal(keys[2], (6,))}}
+
+  def first_update(learning_rate, adam_learning_rate):
+    config = tiny_config(optimizer="muon", momentum=0.0, learning_rate=learning_rate,
+                         adam_learning_rate=adam_learning_rate)
+    tx = optimizers.create(config, 10)
+    return tx.update(grads, tx.init(params), params)[0], loop.program_key(config)
+
+  updates, key = first_update(1.0, 0.01)
+  for name, shape in (("Conv_0", (36, 8)), ("Dense_0", (12, 6))):
+    # A conv kernel [h, w, in, out] is the matrix [h * w * in, out]; Muon's update is near its
+    # orthogonal factor U V^T (Newton-Schulz: singular values near 1, same singular vectors).
+    update, grad = -np.asarray(updates[name]["kernel"]).reshape(shape), np.asarray(grads[name]["kernel"]).reshape(shape)
+    singular_values = np.linalg.svd(update, compute_uv=False)
+    assert singular_values.min() > 0.5 and singular_values.max() < 1.3, (name, singular_values)
+    u, _, vt = np.linalg.svd(grad, full_matrices=False)
+    cosine = np.sum(update * (u @ vt)) / np.linalg.norm(update) / np.linalg.norm(u @ vt)
+    assert cosine > 0.95, (name, cosine)
+  assert np.all(np.sign(updates["Dense_0"]["bias"]) == -np.sign(grads["Dense_0"]["bias"]))  # Adam's step.
+  # Each rate scales its own group only, and both live in the state (one compiled program).
+  doubled_muon, key_muon = first_update(2.0, 0.01)
+  doubled_adam, key_adam = first_update(1.0, 0.02)
+  np.testing.assert_allclose(doubled_muon["Conv_0"]["kernel"], 2 * updates["Conv_0"]["kernel"], rtol=1e-5)
+  np.testing.assert_allclose(doubled_muon["Dense_0"]["bias"], updates["Dense_0"]["bias"], rtol=1e-6)
+  np.testing.assert_allclose(doubled_adam["Dense_0"]["bias"], 2 * updates["Dense_0"]["bias"], rtol=1e-5)
+  np.testing.assert_allclose(doubled_adam["Dense_0"]["kernel"], updates["Dense_0"]["kernel"], rtol=1e-6)
+  assert key == key_muon == key_adam
+
+
+def test_a_muon_run_checkpoints_and_resumes_bitwise(tmp_path):
+  # Muon's state (a partition of Muon and Adam states, masked leaves included) round-trips through
+  # the checkpoints: a run stopped at its mid-run checkpoint ends exactly where a straight run does.
+  from fmnist_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
+  from tests.test_recipes import final_state  # pylint: disable=g-import-not-at-top
+  from tests.test_reliability import assert_bitwise_equal  # pylint: disable=g-import-not-at-top
+  config = tiny_config(optimizer="muon", learning_rate=0.02, adam_learning_rate=0.002, schedule="warmup_linear",
+                       warmup_fraction=0.2, num_train_steps=20, eval_every_steps=20, **{"model.batch_norm": True})
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  metrics = loop.train_and_evaluate(config, straight)
+  shutil.copytree(straight, resumed)
+  shutil.rmtree(os.path.join(resumed, checkpoints.CHECKPOINT_SUBDIR, "20"))
+  assert loop.train_and_evaluate(config, resumed) == metrics
+  (step_a, a), (step_b, b) = final_state(straight), final_state(resumed)
+  assert step_a == step_b == 20
+  assert_bitwise_equal(a, b)
+  assert metrics["accuracy"] > 0.5  # It learned (a 20-step tiny CNN; chance is 0.1).

@@ -211,9 +211,10 @@ def test_eight_devices_train_batch_norm_with_global_statistics_as_one_device(tmp
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"optimizer": "lion"}, "config.optimizer='lion' must be one of ('adam', 'adamw', 'sgd')"),
+    ({"optimizer": "lion"}, "config.optimizer='lion' must be one of ('adam', 'adamw', 'sgd', 'muon')"),
+    ({"optimizer": "muon", "adam_learning_rate": 0.0}, "config.adam_learning_rate=0.0 must be > 0"),
     ({"schedule": "step"}, "config.schedule='step' must be one of"),
-    ({"weight_decay": 0.1}, "config.weight_decay=0.1 needs config.optimizer='adamw' or 'sgd'"),
+    ({"weight_decay": 0.1}, "config.weight_decay=0.1 needs config.optimizer='adamw', 'sgd' or 'muon'"),
     ({"warmup_fraction": 1.5}, "config.warmup_fraction=1.5 must be a number in [0.0, 1.0]"),
     ({"ema_decay": 1.0}, "config.ema_decay=1.0 must be a number in [0, 1)"),
     ({"augment.translate_pixels": -1}, "config.augment.translate_pixels=-1 must be an integer in [0, 27]"),
