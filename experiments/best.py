@@ -1,12 +1,13 @@
-"""The highest-accuracy recipe: a wide ResNet with BatchNorm, SGD-Nesterov with warmup + cosine decay,
-label smoothing, mirror + shift + random-erasing augmentation, an EMA of the weights (and of the
-BatchNorm statistics) and mirror TTA.
+"""The highest-accuracy recipe: a wide ResNet with BatchNorm, warmup + cosine decay, label smoothing,
+mirror + shift + random-erasing augmentation, an EMA of the weights (and of the BatchNorm
+statistics) and mirror TTA.
 
   python -m fmnist_jax.main --config=experiments/best.py --workdir=runs/best          # one GPU (WRN-16-4)
   python -m fmnist_jax.main --config=experiments/best.py:cpu --workdir=runs/best_cpu  # a CPU-sized ResNet
 
-The ":cpu" variant keeps the recipe, without random erasing, and shrinks the network and the
-schedule to train on a 2-core CPU within a session. Measured results are in the README ("Recipes and records").
+The GPU config trains with SGD-Nesterov, the published wide-ResNet recipe. The ":cpu" variant
+trains with Muon (measured better on the CPU), without random erasing, and shrinks the network and
+the schedule to train on a 2-core CPU within a session. Measured results are in the README ("Recipes and records").
 """
 
 from fmnist_jax import models
@@ -31,11 +32,18 @@ def get_config(size: str = "gpu"):
   config.model.dropout_rate = 0.0  # Augmentation regularizes enough at these lengths.
 
   # --- Optimizer and schedule -------------------------------------------------
-  config.optimizer = "sgd"  # SGD with Nesterov momentum, the wide-ResNet recipe.
-  config.nesterov = True  # Nesterov momentum.
-  config.momentum = 0.9  # Momentum.
-  config.learning_rate = 0.1  # Peak rate.
-  config.weight_decay = 5e-4  # L2 on the kernels.
+  if size == "gpu":
+    config.optimizer = "sgd"  # SGD with Nesterov momentum, the wide-ResNet recipe.
+    config.nesterov = True  # Nesterov momentum.
+    config.momentum = 0.9  # Momentum.
+    config.learning_rate = 0.1  # Peak rate.
+    config.weight_decay = 5e-4  # L2 on the kernels.
+  else:
+    config.optimizer = "muon"  # Muon for the kernels, Adam for the rest: 0.946 where SGD gave 0.934 here.
+    config.momentum = 0.9  # Muon's momentum (Nesterov).
+    config.learning_rate = 0.03  # Peak Muon rate.
+    config.adam_learning_rate = 0.003  # Peak Adam rate of the biases and BatchNorm scales and offsets.
+    config.weight_decay = 0.0  # No weight decay.
   config.schedule = "warmup_cosine"  # Linear warmup, then cosine decay to lr_end_factor.
   config.warmup_fraction = 0.05  # The first 5% of the steps rise to the peak.
   config.lr_start_factor = 0.1  # Start at a tenth of the peak.
