@@ -69,17 +69,19 @@ def create(config, num_steps: int) -> optax.GradientTransformation:
     return optax.inject_hyperparams(optax.adam)(
         learning_rate=config.learning_rate, b1=config.b1, b2=config.b2, eps=config.eps)
 
+  schedule = [] if factor is None else [optax.scale_by_schedule(factor)]
+
   def tail(learning_rate):
     """Scaling by the peak rate (in the state), then by the schedule (in the program)."""
-    return [optax.scale_by_learning_rate(learning_rate)] + ([] if factor is None else [optax.scale_by_schedule(factor)])
+    return [optax.scale_by_learning_rate(learning_rate), *schedule]
 
   head = [optax.clip_by_global_norm(clip)] if clip else []
   if config.optimizer == "muon":
     def muon(learning_rate, adam_learning_rate, momentum, b1, b2, eps, weight_decay):
+      """optax's Muon scales by both peak rates itself; the schedule follows."""
       return optax.chain(*head, optax.contrib.muon(
           learning_rate, beta=momentum, eps=eps, weight_decay=weight_decay, adam_b1=b1, adam_b2=b2,
-          adam_learning_rate=adam_learning_rate, muon_weight_dimension_numbers=_muon_dimension_numbers),
-                         *([] if factor is None else [optax.scale_by_schedule(factor)]))
+          adam_learning_rate=adam_learning_rate, muon_weight_dimension_numbers=_muon_dimension_numbers), *schedule)
     factory = muon
   elif config.optimizer == "sgd":
     def sgd(learning_rate, momentum, weight_decay):
