@@ -3,6 +3,7 @@
 import contextlib
 import gzip
 import os
+import shutil
 import subprocess
 import sys
 
@@ -89,6 +90,17 @@ def with_overrides(config, overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def rolled_back_copy(workdir: str, copy: str, keep_through: int) -> str:
+  """A copy of a run folder without its checkpoints after step `keep_through`: what a run stopped
+  there leaves (a shorter num_train_steps would change the schedule)."""
+  from fmnist_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  shutil.copytree(workdir, copy)
+  for step in checkpoints.Checkpointer(copy, read_only=True).steps():
+    if step > keep_through:
+      shutil.rmtree(os.path.join(copy, checkpoints.CHECKPOINT_SUBDIR, str(step)))
+  return copy
 
 
 def run_module(args, env=None, timeout=900):

@@ -1,8 +1,6 @@
 """Vmapped members: each equals the single run with its seed and hyperparameters, and resumes."""
 
 import logging
-import os
-import shutil
 
 import jax
 import numpy as np
@@ -12,7 +10,7 @@ from fmnist_jax import checkpoints
 from fmnist_jax import loop
 from fmnist_jax import run_folder
 from fmnist_jax import train
-from tests.conftest import tiny_config, unchecked_optimizer
+from tests.conftest import rolled_back_copy, tiny_config, unchecked_optimizer
 
 METRIC_ATOL = 5e-4  # Float rounding may flip a few of the 10,000 test predictions.
 DIVERGING_LR = 1e20  # Adam moves every weight by ~lr on its first step: the next loss is NaN.
@@ -71,12 +69,7 @@ def test_members_at_different_steps_resume_in_separate_groups(members, tmp_path,
   # Two copies of the tiny member, rolled back to steps 10 and 20: two groups, one call.
   configs, workdirs, _ = members
   before = final_params(workdirs[1])[1]
-  copies = [str(tmp_path / "from10"), str(tmp_path / "from20")]
-  for copy, keep_through in zip(copies, (10, 20)):
-    shutil.copytree(workdirs[1], copy)
-    for step in checkpoints.Checkpointer(copy, read_only=True).steps():
-      if step > keep_through:
-        shutil.rmtree(os.path.join(copy, checkpoints.CHECKPOINT_SUBDIR, str(step)))
+  copies = [rolled_back_copy(workdirs[1], str(tmp_path / f"from{step}"), step) for step in (10, 20)]
   with caplog.at_level(logging.INFO):
     outcomes = loop.train_and_evaluate_many([configs[1], configs[1]], copies)
   assert "1 member(s) resume from step 10" in caplog.text and "1 member(s) resume from step 20" in caplog.text

@@ -2,8 +2,6 @@
 that stays in the optimizer state, so rate sweeps share one compiled program."""
 
 import functools
-import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +11,7 @@ import pytest
 
 from fmnist_jax import optimizers
 from fmnist_jax import train
-from tests.conftest import tiny_config
+from tests.conftest import rolled_back_copy, tiny_config
 
 PARAMS = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}}
 GRADS = {"Dense_0": {"kernel": jnp.full((3, 2), 0.5), "bias": jnp.full((2,), 0.5)}}
@@ -140,16 +138,14 @@ def test_muon_orthogonalizes_kernels_and_gives_the_rest_to_adam_each_at_its_own_
 def test_a_muon_run_checkpoints_and_resumes_bitwise(tmp_path):
   # Muon's state (a partition of Muon and Adam states, masked leaves included) round-trips through
   # the checkpoints: a run stopped at its mid-run checkpoint ends exactly where a straight run does.
-  from fmnist_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
   from tests.test_recipes import final_state  # pylint: disable=g-import-not-at-top
   from tests.test_reliability import assert_bitwise_equal  # pylint: disable=g-import-not-at-top
   config = tiny_config(optimizer="muon", learning_rate=0.02, adam_learning_rate=0.002, schedule="warmup_linear",
                        warmup_fraction=0.2, num_train_steps=20, eval_every_steps=20, **{"model.batch_norm": True})
-  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  straight = str(tmp_path / "straight")
   metrics = loop.train_and_evaluate(config, straight)
-  shutil.copytree(straight, resumed)
-  shutil.rmtree(os.path.join(resumed, checkpoints.CHECKPOINT_SUBDIR, "20"))
+  resumed = rolled_back_copy(straight, str(tmp_path / "resumed"), 10)
   assert loop.train_and_evaluate(config, resumed) == metrics
   (step_a, a), (step_b, b) = final_state(straight), final_state(resumed)
   assert step_a == step_b == 20

@@ -5,7 +5,6 @@ and evaluate use them. The runs are experiments/resnet_smoke.py (a tiny ResNet, 
 import functools
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ from fmnist_jax import models
 from fmnist_jax import predict
 from fmnist_jax import run_folder
 from fmnist_jax import train
-from tests.conftest import data_dir, run_module, with_overrides
+from tests.conftest import data_dir, rolled_back_copy, run_module, with_overrides
 from tests.test_ensemble import METRIC_ATOL
 from tests.test_reliability import assert_bitwise_equal
 
@@ -126,11 +125,7 @@ def test_wide_resnet_16_4_has_the_published_size():
 
 @pytest.mark.slow
 def test_stop_and_resume_with_every_recipe_on_equals_straight_training_bitwise(straight, tmp_path):
-  # The straight run rolled back to its mid-run checkpoint: what a stopped run leaves (a shorter
-  # num_train_steps would change the schedule).
-  workdir = str(tmp_path / "resumed")
-  shutil.copytree(straight[0], workdir)
-  shutil.rmtree(os.path.join(workdir, checkpoints.CHECKPOINT_SUBDIR, str(STEPS)))
+  workdir = rolled_back_copy(straight[0], str(tmp_path / "resumed"), STEPS // 2)
   assert set(os.listdir(os.path.join(workdir, "checkpoints", str(STEPS // 2)))) >= {"params", "train", "model_state"}
   resumed = loop.train_and_evaluate(smoke_config(), workdir)
   (step_a, a), (step_b, b) = final_state(straight[0]), final_state(workdir)
