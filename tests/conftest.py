@@ -92,14 +92,19 @@ def with_overrides(config, overrides):
   return config
 
 
-def rolled_back_copy(workdir: str, copy: str, keep_through: int) -> str:
-  """A copy of a run folder without its checkpoints after step `keep_through`: what a run stopped
-  there leaves (a shorter num_train_steps would change the schedule)."""
+def roll_back(workdir: str, keep_through: int) -> None:
+  """Removes a run folder's checkpoints after step `keep_through`: what a run stopped there leaves
+  (a shorter num_train_steps would change the schedule)."""
   from fmnist_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  shutil.copytree(workdir, copy)
-  for step in checkpoints.Checkpointer(copy, read_only=True).steps():
+  for step in checkpoints.Checkpointer(workdir, read_only=True).steps():
     if step > keep_through:
-      shutil.rmtree(os.path.join(copy, checkpoints.CHECKPOINT_SUBDIR, str(step)))
+      shutil.rmtree(os.path.join(workdir, checkpoints.CHECKPOINT_SUBDIR, str(step)))
+
+
+def rolled_back_copy(workdir: str, copy: str, keep_through: int) -> str:
+  """A copy of a run folder, rolled back to step `keep_through` (see roll_back)."""
+  shutil.copytree(workdir, copy)
+  roll_back(copy, keep_through)
   return copy
 
 

@@ -13,7 +13,7 @@ import pytest
 from fmnist_jax import checkpoints
 from fmnist_jax import errors
 from fmnist_jax import sweep
-from tests.conftest import REPO, run_module, tiny_config
+from tests.conftest import REPO, roll_back, run_module, tiny_config
 from tests.test_ensemble import assert_params_close
 from tests.test_ensemble import final_params
 from tests.test_ensemble import METRIC_ATOL
@@ -178,7 +178,7 @@ def test_rerun_skips_finished_points_and_resumes_killed_ones(four_point_sweep, t
   # As if killed after its step-10 checkpoint: no result file, no later checkpoint.
   point = os.path.join(workdir, killed)
   os.remove(os.path.join(point, sweep.RESULT_FILE))
-  shutil.rmtree(os.path.join(point, checkpoints.CHECKPOINT_SUBDIR, str(SWEEP_STEPS)))
+  roll_back(point, SWEEP_STEPS // 2)
   # One at a time this time (groups of 1), so the single-run path resumes what the vmapped one
   # saved; in two parts, as two processes would: part 1/2 has groups 1 and 3, both finished.
   assert sweep.run_sweep(sweep_config(), path, workdir, vmap_members=1, part=(1, 2)) == [
