@@ -4,7 +4,8 @@ python -m benchmarks.time_to_accuracy --config=experiments/X.py [--seeds=5] [--b
 
 Each seed trains all of the config's steps on the real training path (`loop.Trainer`, its compiled
 programs and host calls), from a fresh state, with no evaluation, logging or checkpoint inside the
-clock; its final test accuracy is evaluated after the clock stops. The programs are compiled once,
+clock; its final test accuracy is evaluated after the clock stops and logged (stderr) at once, so a
+long record run that is stopped keeps the seeds it finished. The programs are compiled once,
 before the first seed, by a warm-up step on a throwaway state (`compile_s`, reported apart). Seeds
 are config.seed, config.seed + 1, ... `process_s` runs from this module's first line to the print.
 With --baseline, that config trains one seed the same way in the same process, first, and
@@ -23,6 +24,7 @@ from typing import Dict  # pylint: disable=g-import-not-at-top,wrong-import-orde
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import logging  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
@@ -66,6 +68,7 @@ def run(config, num_seeds: int) -> Dict:
     jax.block_until_ready(state)
     train_s.append(time.perf_counter() - start)
     accuracies.append(trainer.evaluate(state)[0]["accuracy"])
+    logging.info("seed %d: test accuracy %.4f after %.3f s of training", seed, accuracies[-1], round(train_s[-1], 3))
   return {
       "num_steps": trainer.num_steps, "batch_size": config.batch_size, "seeds": seeds,
       "accuracy": accuracies, "accuracy_mean": statistics.mean(accuracies),

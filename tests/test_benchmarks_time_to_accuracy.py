@@ -24,6 +24,8 @@ def test_cli_prints_one_json_line_with_per_seed_accuracy_and_times():
   assert r["process_s"] > sum(r["train_s"]) + r["compile_s"]
   assert set(r["machine"]) == {"backend", "device_kind", "num_devices", "cpu_count", "jax_version"}
   assert r["machine"]["backend"] == "cpu"
+  for seed, accuracy, seconds in zip(r["seeds"], r["accuracy"], r["train_s"]):  # Logged as each seed ends.
+    assert f"seed {seed}: test accuracy {accuracy:.4f} after {seconds:.3f} s of training" in proc.stderr
 
 
 def test_zero_seeds_is_one_line_error():
