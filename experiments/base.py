@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.label_smoothing = 0.0  # Training targets (1 - a) * one_hot + a / num_classes (0: plain cross-entropy).
   config.ema_decay = 0.0  # Evaluate and predict with an EMA of the parameters of this decay (0: off).
   config.eval_flip_tta = False  # Evaluation and prediction average the logits of each image and its mirror.
+  config.eval_tta_shift_pixels = 0  # ...and of its shifts by this many pixels up, down, left and right (0: none).
   config.augment = ml_collections.ConfigDict()  # On-device training augmentation (fmnist_jax/augment.py).
   config.augment.flip = False  # Mirror each training image left-right with probability 1/2.
   config.augment.translate_pixels = 0  # Shift each image by up to this many pixels each way, zero fill (0: off).

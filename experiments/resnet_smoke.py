@@ -22,6 +22,7 @@ def get_config():
   config.label_smoothing = 0.1  # Smoothed targets.
   config.ema_decay = 0.9  # Short runs: a short average.
   config.eval_flip_tta = True  # Mirror-averaged evaluation.
+  config.eval_tta_shift_pixels = 1  # ...and shift-averaged (10 views).
   config.augment.flip = True  # Random mirror.
   config.augment.translate_pixels = 2  # Random shifts up to 2 pixels.
   config.augment.erase_probability = 0.5  # Random erasing, half of the images.

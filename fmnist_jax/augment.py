@@ -27,6 +27,13 @@ def random_flip(key, images):
   return _per_image(one, key, images)
 
 
+def shift(images, dy: int, dx: int):
+  """Every image shifted dy pixels down and dx right (negative: up, left); vacated pixels are 0."""
+  h, w = images.shape[1:3]
+  padded = jnp.pad(images, ((0, 0), (abs(dy), abs(dy)), (abs(dx), abs(dx)), (0, 0)))
+  return padded[:, abs(dy) - dy:abs(dy) - dy + h, abs(dx) - dx:abs(dx) - dx + w]
+
+
 def random_translate(key, images, pixels: int):
   """Shifts each image by (dy, dx), each uniform in [-pixels, pixels]; vacated pixels are 0."""
   h, w = images.shape[1:3]

@@ -182,6 +182,9 @@ def check_recipe(config) -> None:
   pixels = a.translate_pixels
   if isinstance(pixels, bool) or not isinstance(pixels, int) or not 0 <= pixels < 28:
     raise errors.ConfigError(f"config.augment.translate_pixels={a.translate_pixels!r} must be an integer in [0, 27]")
+  pixels = config.eval_tta_shift_pixels
+  if isinstance(pixels, bool) or not isinstance(pixels, int) or not 0 <= pixels < 28:
+    raise errors.ConfigError(f"config.eval_tta_shift_pixels={pixels!r} must be an integer in [0, 27] (0: no shifts)")
   _in_range(a, "augment.", "erase_probability", 0.0, 1.0)
   _in_range(a, "augment.", "erase_fill", 0.0, 1.0)
   for name, low, high in (("erase_area", 0.0, 1.0), ("erase_aspect", 0.0, float("inf"))):

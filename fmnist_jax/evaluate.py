@@ -41,19 +41,19 @@ class Evaluation:
   test: input_pipeline.Split
 
 
-def _evaluate_batch(state, batch, flip_tta: bool):
+def _evaluate_batch(state, batch, tta: models.TTA):
   """train.eval_step's metrics plus the softmax and confusion counts (XLA shares the forward pass)."""
   batch = input_pipeline.to_float_batch(batch)
   variables = models.inference_variables(state.params, state.batch_stats, state.ema_params, state.ema_batch_stats)
-  logits = models.inference_logits(state.apply_fn, variables, batch["image"], flip_tta)
+  logits = models.inference_logits(state.apply_fn, variables, batch["image"], tta)
   confusion = metrics_lib.ConfusionMatrix.from_model_output(
       logits=logits, labels=batch["label"], mask=batch["mask"])
-  return train.eval_step(state, batch, flip_tta=flip_tta), confusion, jax.nn.softmax(logits)
+  return train.eval_step(state, batch, tta=tta), confusion, jax.nn.softmax(logits)
 
 
 def evaluate_workdir(workdir: str) -> Evaluation:
   """Restores `workdir`'s newest parameters (and model state) and evaluates them on the test split
-  of its config.data, as evaluation during training did (config.eval_flip_tta included)."""
+  of its config.data, as evaluation during training did (its test-time augmentation included)."""
   config = run_folder.load_config(workdir)
   abstract = jax.eval_shape(functools.partial(train.create_train_state, config), jax.random.PRNGKey(0))
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
@@ -65,7 +65,7 @@ def evaluate_workdir(workdir: str) -> Evaluation:
   state = abstract.replace(step=step, params=params, opt_state=None, **model_state)
   test = input_pipeline.load_dataset(config.data)["test"]
   batches = input_pipeline.padded_batches(test, config.eval_batch_size)
-  evaluate_batch = jax.jit(functools.partial(_evaluate_batch, flip_tta=config.eval_flip_tta))
+  evaluate_batch = jax.jit(functools.partial(_evaluate_batch, tta=models.tta_of(config)))
   metrics, confusion, probabilities = None, None, []
   for i in range(len(batches["label"])):
     m, c, p = evaluate_batch(state, jax.tree.map(lambda x, i=i: x[i], batches))

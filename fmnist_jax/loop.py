@@ -28,6 +28,7 @@ from fmnist_jax import config_checks
 from fmnist_jax import errors
 from fmnist_jax import input_pipeline
 from fmnist_jax import metrics as metrics_lib
+from fmnist_jax import models
 from fmnist_jax import optimizers
 from fmnist_jax import parallel
 from fmnist_jax import preemption
@@ -65,10 +66,10 @@ def _member(tree, i: int):
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def _evaluate_members(states, batches, *, flip_tta: bool, mesh):
+def _evaluate_members(states, batches, *, tta: models.TTA, mesh):
   """EvalMetrics [N], one member at a time: vmapped, the activations of eval_batch_size images
   grew N-fold (10 GB for 4 base-config members on the CPU)."""
-  return jax.lax.map(lambda state: train.evaluate_batches(state, batches, flip_tta=flip_tta, mesh=mesh), states)
+  return jax.lax.map(lambda state: train.evaluate_batches(state, batches, tta=tta, mesh=mesh), states)
 
 
 def _member_scalars(collection) -> List[Dict[str, float]]:
@@ -105,19 +106,19 @@ class Trainer:
     self._init = jit(functools.partial(train.create_train_state, config, runtime=self.runtime),
                      out_shardings=replicated)
     steps = functools.partial(train.train_steps, config=config, mesh=mesh)
-    flip_tta = config.eval_flip_tta
+    tta = models.tta_of(config)
     permutation = functools.partial(input_pipeline.epoch_permutation, num_examples=num_train)
     if vmapped:
       self._stack = jit(_stack, out_shardings=replicated)
       self._train_steps = jit(jax.vmap(steps, in_axes=(0, None, None, 0, 0, None, None)), donate_argnums=0)
       self._permutation = jit(jax.vmap(permutation, in_axes=(0, None)))
-      self._evaluate = jit(functools.partial(_evaluate_members, flip_tta=flip_tta, mesh=mesh))
+      self._evaluate = jit(functools.partial(_evaluate_members, tta=tta, mesh=mesh))
     else:
       self._train_steps = jit(steps, donate_argnums=0)
       self._permutation = jit(permutation)
-      self._evaluate = jit(functools.partial(train.evaluate_batches, flip_tta=flip_tta, mesh=mesh))
+      self._evaluate = jit(functools.partial(train.evaluate_batches, tta=tta, mesh=mesh))
       self._eval_step = jit(lambda state, b: train.eval_step(state, parallel.shard_batch(
-          mesh, input_pipeline.to_float_batch(b)), flip_tta=flip_tta))
+          mesh, input_pipeline.to_float_batch(b)), tta=tta))
 
   def initial_state(self):
     """A fresh state of this trainer's own config."""

@@ -6,13 +6,14 @@ evaluation and prediction the statistics are used, not updated.
 """
 
 import functools
-from typing import Callable, Sequence
+from typing import Callable, List, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from fmnist_jax import augment
 from fmnist_jax import runtime
 
 
@@ -235,10 +236,24 @@ def inference_variables(params, batch_stats=None, ema_params=None, ema_batch_sta
   return variables
 
 
-def inference_logits(apply_fn, variables, images, flip_tta: bool):
-  """Evaluation and prediction logits (statistics used, not updated); with `flip_tta`, the mean of
-  the logits of each image and of its mirror image."""
-  logits = apply_fn(variables, images, train=False)
-  if flip_tta:
-    logits = (logits + apply_fn(variables, images[:, :, ::-1], train=False)) / 2
-  return logits
+class TTA(NamedTuple):
+  """Test-time augmentation: the views of each image whose logits evaluation and prediction average."""
+  flip: bool = False  # Each view and its mirror.
+  shift_pixels: int = 0  # The image and its four shifts by this many pixels up, down, left, right (0: none).
+
+
+def tta_of(config) -> TTA:
+  return TTA(flip=bool(config.eval_flip_tta), shift_pixels=int(config.eval_tta_shift_pixels))
+
+
+def tta_views(images, tta: TTA) -> List:
+  """The views averaged: the images first, then their shifts, each followed by its mirror when flipping."""
+  k = tta.shift_pixels
+  views = [images] + ([augment.shift(images, dy, dx) for dy, dx in ((-k, 0), (k, 0), (0, -k), (0, k))] if k else [])
+  return [v for view in views for v in ((view, view[:, :, ::-1]) if tta.flip else (view,))]
+
+
+def inference_logits(apply_fn, variables, images, tta: TTA):
+  """Evaluation and prediction logits (statistics used, not updated): the mean over `tta_views`."""
+  views = tta_views(images, tta)
+  return sum(apply_fn(variables, view, train=False) for view in views) / len(views)

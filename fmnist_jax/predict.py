@@ -49,7 +49,7 @@ class Predictor:
       model = models.create_model(self.config)
       # The training state's layout says which model state the checkpoint holds (as in evaluate).
       abstract = jax.eval_shape(functools.partial(train.create_train_state, self.config), jax.random.PRNGKey(0))
-      flip_tta = bool(self.config.eval_flip_tta)
+      tta = models.tta_of(self.config)
       self.max_batch = int(self.config.eval_batch_size)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
       raise errors.CheckpointError(
@@ -63,7 +63,7 @@ class Predictor:
       ckpt.close()
     self.variables = models.inference_variables(self.params, **model_state)
     self._probabilities = jax.jit(
-        lambda variables, x: jax.nn.softmax(models.inference_logits(model.apply, variables, x, flip_tta)))
+        lambda variables, x: jax.nn.softmax(models.inference_logits(model.apply, variables, x, tta)))
 
   def bucket(self, n: int) -> int:
     """The padded batch size for n images: the next power of two, capped at max_batch."""

@@ -31,7 +31,7 @@ VERSIONED_PACKAGES = ("jax", "flax", "optax", "orbax-checkpoint")  # Their versi
 RESUME_SAFE = (
     # Optimizer hyperparameters live in the optimizer state: a resume takes the config's.
     "learning_rate", "b1", "b2", "eps", "weight_decay", "momentum",
-    "eval_flip_tta",  # How evaluation reads the model, not how it trains.
+    "eval_flip_tta", "eval_tta_shift_pixels",  # How evaluation reads the model, not how it trains.
     "num_epochs", "num_train_steps",  # Train longer; a run already past the end only evaluates.
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep", "eval_batch_size",
     "data.source", "data.data_dir", "data.manual_dir", "data.idx_dirs",  # Where the same images are read from.

@@ -110,10 +110,10 @@ def train_step(state: TrainState, batch, step_key, *, config) -> tuple:
       loss=loss, logits=logits, labels=labels, grad_norm=optax.tree.norm(grads))
 
 
-def eval_step(state: TrainState, batch, *, flip_tta: bool = False) -> metrics_lib.EvalMetrics:
-  """Metrics of a masked batch, without gradients; `flip_tta` is config.eval_flip_tta."""
+def eval_step(state: TrainState, batch, *, tta: models.TTA = models.TTA()) -> metrics_lib.EvalMetrics:
+  """Metrics of a masked batch, without gradients, the logits averaged over the views of `tta`."""
   variables = models.inference_variables(state.params, state.batch_stats, state.ema_params, state.ema_batch_stats)
-  logits = models.inference_logits(state.apply_fn, variables, batch["image"], flip_tta)
+  logits = models.inference_logits(state.apply_fn, variables, batch["image"], tta)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   return metrics_lib.EvalMetrics.single_from_model_output(
       loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"])
@@ -143,10 +143,10 @@ def train_steps(state, images, labels, perm, step_key, start_index, num_steps, *
   return jax.lax.fori_loop(1, num_steps, body, (state, acc))
 
 
-def evaluate_batches(state, batches, *, flip_tta: bool, mesh):
+def evaluate_batches(state, batches, *, tta: models.TTA, mesh):
   """EvalMetrics over all of `batches` [num_batches, B, ...] in one compiled call."""
   per_batch = jax.lax.map(lambda b: eval_step(
-      state, parallel.shard_batch(mesh, input_pipeline.to_float_batch(b)), flip_tta=flip_tta), batches)
+      state, parallel.shard_batch(mesh, input_pipeline.to_float_batch(b)), tta=tta), batches)
   return per_batch.reduce()
 
 

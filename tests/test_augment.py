@@ -45,6 +45,19 @@ def test_translation_shifts_content_by_the_drawn_offset_with_zero_fill():
   assert len(offsets) > 10  # The offsets vary per image.
 
 
+@pytest.mark.parametrize("dy, dx", [(-2, 0), (1, 0), (0, -1), (0, 3), (2, -1)])
+def test_shift_moves_every_image_by_the_offset_with_zero_fill(dy, dx):
+  images = ramp_images()[:2]
+  out = np.asarray(augment.shift(images, dy, dx))[..., 0]
+  original = np.asarray(images)[0, ..., 0]
+  expected = np.zeros_like(original)
+  expected[max(dy, 0):28 + min(dy, 0), max(dx, 0):28 + min(dx, 0)] = \
+      original[max(-dy, 0):28 - max(dy, 0), max(-dx, 0):28 - max(dx, 0)]
+  for image in out:
+    np.testing.assert_array_equal(image, expected)
+  assert out[0][10 + dy, 10 + dx] == original[10, 10]  # Down and right are positive.
+
+
 def test_erasing_fills_one_rectangle_within_the_area_and_aspect_ranges():
   images = jnp.ones((N, 28, 28, 1))
   area, aspect = (0.05, 0.3), (0.5, 2.0)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import resnet_smoke
+from fmnist_jax import augment
 from fmnist_jax import checkpoints
 from fmnist_jax import errors
 from fmnist_jax import evaluate
@@ -70,9 +71,35 @@ def test_batch_statistics_change_in_training_and_not_in_evaluation(fmnist):
   for before, after in zip(jax.tree.leaves(trained.batch_stats), jax.tree.leaves(updates["batch_stats"])):
     np.testing.assert_array_equal(before, after)
   eval_batch = {**batch, "mask": np.ones(len(batch["label"]), bool)}
-  eval_step = jax.jit(functools.partial(train.eval_step, flip_tta=True))
+  eval_step = jax.jit(functools.partial(train.eval_step, tta=models.TTA(flip=True, shift_pixels=1)))
   first = eval_step(trained, eval_batch).compute()
   assert eval_step(trained, eval_batch).compute() == first  # No state to change.
+
+
+@pytest.mark.parametrize("flip, shift_pixels, num_views", [(False, 0, 1), (True, 0, 2), (False, 2, 5), (True, 1, 10)])
+def test_tta_averages_the_logits_of_the_image_its_shifts_and_mirrors(flip, shift_pixels, num_views):
+  images = jax.random.uniform(jax.random.PRNGKey(3), (4, 28, 28, 1))
+  weights = jax.random.normal(jax.random.PRNGKey(4), (28 * 28, 10))
+
+  def apply_fn(variables, x, train):  # A linear model: the mean of the views' logits is that of the views.
+    assert not train
+    return x.reshape(len(x), -1) @ variables["params"]
+
+  tta = models.TTA(flip=flip, shift_pixels=shift_pixels)
+  views = models.tta_views(images, tta)
+  assert len(views) == num_views
+  np.testing.assert_array_equal(views[0], images)
+  expected = [images]
+  if shift_pixels:
+    expected += [augment.shift(images, dy, dx) for dy, dx in
+                 ((-shift_pixels, 0), (shift_pixels, 0), (0, -shift_pixels), (0, shift_pixels))]
+  for view in expected:  # Each expected view is among the views, and so is its mirror when flipping.
+    assert any(np.array_equal(view, v) for v in views)
+    assert flip == any(np.array_equal(view[:, :, ::-1], v) for v in views)
+  logits = models.inference_logits(apply_fn, {"params": weights}, images, tta)
+  np.testing.assert_allclose(logits, np.mean([apply_fn({"params": weights}, v, False) for v in views], 0), rtol=1e-5)
+  if num_views > 1:
+    assert not np.allclose(logits, apply_fn({"params": weights}, images, False))
 
 
 def test_dropout_draws_from_seed_and_step(fmnist):
@@ -149,7 +176,7 @@ def test_a_resnet_run_folder_holds_only_resnet_model_fields_and_refuses_other_wi
 
 
 @pytest.mark.slow
-def test_predict_and_evaluate_use_batch_statistics_ema_and_flip_tta(straight, fmnist):
+def test_predict_and_evaluate_use_batch_statistics_ema_and_tta(straight, fmnist):
   workdir, final = straight
   step, state = final_state(workdir)
   predictor = predict.Predictor(workdir)
@@ -213,6 +240,7 @@ def test_eight_devices_train_batch_norm_with_global_statistics_as_one_device(tmp
     ({"warmup_fraction": 1.5}, "config.warmup_fraction=1.5 must be a number in [0.0, 1.0]"),
     ({"ema_decay": 1.0}, "config.ema_decay=1.0 must be a number in [0, 1)"),
     ({"augment.translate_pixels": -1}, "config.augment.translate_pixels=-1 must be an integer in [0, 27]"),
+    ({"eval_tta_shift_pixels": 28}, "config.eval_tta_shift_pixels=28 must be an integer in [0, 27]"),
     ({"augment.erase_area": (0.5, 0.1)}, "config.augment.erase_area=(0.5, 0.1) must be (low, high)"),
     ({"model.name": "vit"}, "config.model.name='vit' must be one of ('cnn', 'resnet')"),
     ({"model.blocks_per_stage": (1,)}, "config.model.blocks_per_stage=(1,) needs one count per stage"),
