@@ -156,6 +156,13 @@ def _in_range(section, prefix: str, name: str, low: float, high: float) -> None:
     raise errors.ConfigError(f"config.{prefix}{name}={value!r} must be a number in [{low}, {high}]")
 
 
+def _shift_pixels(section, prefix: str, name: str) -> None:
+  """A shift of a 28x28 image: a whole number of pixels that leaves part of it (0: no shift)."""
+  value = section[name]
+  if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 28:
+    raise errors.ConfigError(f"config.{prefix}{name}={value!r} must be an integer in [0, 27] (0: no shift)")
+
+
 def check_recipe(config) -> None:
   """The optimizer, schedule, regularizers and augmentation (all off in experiments/base.py)."""
   if config.optimizer not in OPTIMIZERS:
@@ -179,12 +186,8 @@ def check_recipe(config) -> None:
   a = config.augment
   if not isinstance(a.flip, bool):
     raise errors.ConfigError(f"config.augment.flip={a.flip!r} must be True or False")
-  pixels = a.translate_pixels
-  if isinstance(pixels, bool) or not isinstance(pixels, int) or not 0 <= pixels < 28:
-    raise errors.ConfigError(f"config.augment.translate_pixels={a.translate_pixels!r} must be an integer in [0, 27]")
-  pixels = config.eval_tta_shift_pixels
-  if isinstance(pixels, bool) or not isinstance(pixels, int) or not 0 <= pixels < 28:
-    raise errors.ConfigError(f"config.eval_tta_shift_pixels={pixels!r} must be an integer in [0, 27] (0: no shifts)")
+  _shift_pixels(a, "augment.", "translate_pixels")
+  _shift_pixels(config, "", "eval_tta_shift_pixels")
   _in_range(a, "augment.", "erase_probability", 0.0, 1.0)
   _in_range(a, "augment.", "erase_fill", 0.0, 1.0)
   for name, low, high in (("erase_area", 0.0, 1.0), ("erase_aspect", 0.0, float("inf"))):
