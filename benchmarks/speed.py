@@ -27,7 +27,6 @@ from fmnist_jax import errors
 from fmnist_jax import input_pipeline
 from fmnist_jax import loop
 from fmnist_jax import metrics as metrics_lib
-from fmnist_jax import models
 from fmnist_jax import runtime
 
 COMPARE = ("torch",)
@@ -70,12 +69,12 @@ def _torch_trainer(config, trainer: loop.Trainer, init_params, allow_tf32: bool)
 
 def describe(config, trainer: loop.Trainer) -> Dict:
   """What was measured: platform, versions and the resolved speed options."""
-  model = models.create_model(config, trainer.runtime)
   return {
       "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
       "num_devices": jax.device_count(), "jax_version": jax.__version__,
       "batch_size": config.batch_size, "dtype": config.dtype, "fused": trainer.fused,
-      "conv_impl": model.conv_impl, "pool_impl": model.pool_impl,
+      "model": config.model.name, "conv_impl": trainer.runtime.conv_impl,
+      "pool_impl": trainer.runtime.pool_impl if config.model.name == "cnn" else None,
       "xla_options": trainer.runtime.compiler_options,
       "matmul_precision": jax.config.jax_default_matmul_precision or "default",
   }

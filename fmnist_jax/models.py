@@ -19,7 +19,7 @@ from fmnist_jax import runtime
 
 def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                 dimension_numbers=None, feature_group_count=1, precision=None):
-  """`lax.conv_general_dilated` for NHWC/HWIO, stride 1, as shifted slices + one matmul.
+  """`lax.conv_general_dilated` for NHWC/HWIO as shifted (strided) slices + one matmul.
 
   For fused steps on the CPU: XLA:CPU runs a convolution inside a loop body (lax.fori_loop/map)
   through a slow generic kernel (jax-ml/jax#12868; measured >30x slower here), a matmul it runs
@@ -28,18 +28,24 @@ def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
   it is itself a convolution, with kh*kw*in output channels.)
   """
   del dimension_numbers  # flax.linen.Conv passes NHWC/HWIO for 2-D inputs, the only layout used here.
-  if (tuple(window_strides) != (1, 1) or feature_group_count != 1
-      or any(d is not None and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation))):
-    raise NotImplementedError("im2col_conv supports stride 1, no dilation, one group")
+  if feature_group_count != 1 or any(d is not None and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation)):
+    raise NotImplementedError("im2col_conv supports no dilation and one group")
   kh, kw, cin, cout = rhs.shape
   _, h, w, _ = lhs.shape
+  sh, sw = window_strides
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads((h, w), (kh, kw), window_strides, padding)
   x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
-  out_h, out_w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
   patches = jnp.concatenate(
-      [x[:, i:i + out_h, j:j + out_w, :] for i in range(kh) for j in range(kw)], axis=-1)
+      [x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw, :] for i in range(kh) for j in range(kw)],
+      axis=-1)
   return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
+
+
+def _conv_function(conv_impl: str):
+  """The `conv_general_dilated` of flax.linen.Conv for a resolved conv_impl."""
+  return im2col_conv if conv_impl == "im2col" else jax.lax.conv_general_dilated
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -106,7 +112,7 @@ class CNN(nn.Module):
     """Maps images [N, 28, 28, 1] in [0, 1] to float32 logits [N, num_classes]; BatchNorm (if any)
     normalizes with the batch's statistics and updates its running ones only in training."""
     x = x.astype(self.dtype)
-    conv = im2col_conv if self.conv_impl == "im2col" else jax.lax.conv_general_dilated
+    conv = _conv_function(self.conv_impl)
     for features in self.conv_features:
       x = nn.Conv(features, tuple(self.kernel_size), padding="SAME", dtype=self.dtype, use_bias=not self.batch_norm,
                   conv_general_dilated=conv)(x)
@@ -135,10 +141,12 @@ class ResidualBlock(nn.Module):
   dropout_rate: float
   activation: Callable[[jnp.ndarray], jnp.ndarray]
   dtype: jnp.dtype
+  conv_impl: str = "xla"  # "xla" or "im2col": same parameters and function, different arithmetic.
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=not self.batch_norm, dtype=self.dtype)
+    conv = functools.partial(nn.Conv, use_bias=not self.batch_norm, dtype=self.dtype,
+                             conv_general_dilated=_conv_function(self.conv_impl))
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.batch_norm_momentum,
                              dtype=self.dtype)
     y = self.activation(norm()(x) if self.batch_norm else x)
@@ -167,16 +175,17 @@ class ResNet(nn.Module):
   num_classes: int = 10
   activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "xla"  # "xla" or "im2col": same parameters and function, different arithmetic.
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """Maps images [N, 28, 28, 1] in [0, 1] to float32 logits [N, num_classes]."""
-    x = nn.Conv(self.stem_features, (3, 3), padding=1, use_bias=not self.batch_norm, dtype=self.dtype)(
-        x.astype(self.dtype))
+    x = nn.Conv(self.stem_features, (3, 3), padding=1, use_bias=not self.batch_norm, dtype=self.dtype,
+                conv_general_dilated=_conv_function(self.conv_impl))(x.astype(self.dtype))
     for stage, (features, blocks) in enumerate(zip(self.stage_features, self.blocks_per_stage)):
       for block in range(blocks):
         x = ResidualBlock(features, 2 if stage and not block else 1, self.batch_norm, self.batch_norm_momentum,
-                          self.dropout_rate, self.activation, self.dtype)(x, train)
+                          self.dropout_rate, self.activation, self.dtype, self.conv_impl)(x, train)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum, dtype=self.dtype)(x)
     x = self.activation(x).mean(axis=(1, 2))
@@ -200,16 +209,16 @@ def resnet_config() -> ml_collections.ConfigDict:
 
 def create_model(config, rt=None) -> nn.Module:
   """Builds `config.model` (names already validated) with compute dtype `config.dtype`; `rt`, a
-  resolved `runtime.Runtime`, picks the CNN's layer arithmetic (default: resolved for JAX's backend)."""
+  resolved `runtime.Runtime`, picks the layer arithmetic (default: resolved for JAX's backend)."""
   m = config.model
+  if rt is None:
+    rt = runtime.resolve(config.runtime)
   if m.name == "resnet":
     return ResNet(stem_features=m.stem_features, stage_features=tuple(m.stage_features),
                   blocks_per_stage=tuple(m.blocks_per_stage), batch_norm=m.batch_norm,
                   batch_norm_momentum=m.batch_norm_momentum,
                   dropout_rate=m.dropout_rate, num_classes=m.num_classes, activation=getattr(nn, m.activation),
-                  dtype=jnp.dtype(config.dtype))
-  if rt is None:
-    rt = runtime.resolve(config.runtime)
+                  dtype=jnp.dtype(config.dtype), conv_impl=rt.conv_impl)
   return CNN(
       conv_features=tuple(m.conv_features),
       kernel_size=tuple(m.kernel_size),

@@ -10,6 +10,7 @@ import pytest
 from benchmarks import speed as benchmark
 from fmnist_jax import errors
 from fmnist_jax import loop
+from fmnist_jax import models
 from tests.conftest import run_module, tiny_config
 
 TINY_FLAGS = [  # tiny_config as command-line overrides.
@@ -44,6 +45,15 @@ def test_cli_rejects_bad_steps_in_one_line():
                     timeout=120)
   assert proc.returncode == errors.EXIT_USER_ERROR
   assert proc.stderr.strip().splitlines()[-1].startswith("error: --steps=0")
+
+
+def test_run_describes_a_resnet_by_its_resolved_settings():
+  config = tiny_config(**{"runtime.conv_impl": "im2col"})
+  config.model = models.resnet_config()
+  config.model.stem_features, config.model.stage_features, config.model.blocks_per_stage = 4, (4, 8), (1, 1)
+  r = benchmark.run(config, steps=2)
+  assert (r["model"], r["conv_impl"], r["pool_impl"]) == ("resnet", "im2col", None)  # A ResNet has no max-pool.
+  assert r["steps"] == 2 and math.isfinite(r["loss_last_window"])
 
 
 def test_windows_follow_the_training_loop():

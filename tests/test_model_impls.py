@@ -13,20 +13,32 @@ from fmnist_jax import runtime
 from tests.conftest import tiny_config
 
 
+def _resnet(**overrides):
+  """A small ResNet: a stem, a stride-1 stage and a stride-2 stage with a 1x1 projection."""
+  config = tiny_config(**overrides)
+  config.model = models.resnet_config()
+  config.model.stem_features = 4
+  config.model.stage_features = (4, 8)
+  config.model.blocks_per_stage = (1, 1)
+  return config
+
+
 @pytest.mark.slow
-def test_conv_impls_share_parameters_outputs_and_gradients(fmnist):
-  xla = models.create_model(tiny_config(**{"runtime.conv_impl": "xla"}))
-  im2col = models.create_model(tiny_config(**{"runtime.conv_impl": "im2col"}))
+@pytest.mark.parametrize("make_config", [tiny_config, _resnet], ids=["cnn", "resnet"])
+def test_conv_impls_share_parameters_outputs_and_gradients(fmnist, make_config):
+  xla = models.create_model(make_config(**{"runtime.conv_impl": "xla"}))
+  im2col = models.create_model(make_config(**{"runtime.conv_impl": "im2col"}))
   assert (xla.conv_impl, im2col.conv_impl) == ("xla", "im2col")
   images = jnp.asarray(fmnist["test"].images[:8], jnp.float32) / 255.0
   labels = jnp.asarray(fmnist["test"].labels[:8])
-  params = xla.init(jax.random.PRNGKey(0), images[:1])["params"]
+  variables = xla.init(jax.random.PRNGKey(0), images[:1])
+  params = variables["params"]
   # Checkpoints are interchangeable: the same parameter tree and shapes.
   assert jax.tree.map(jnp.shape, params) == jax.tree.map(
       jnp.shape, jax.eval_shape(im2col.init, jax.random.PRNGKey(0), images[:1])["params"])
 
   def loss(model, p):
-    logits = model.apply({"params": p}, images)
+    logits = model.apply({**variables, "params": p}, images)
     return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(8), labels]), logits
 
   grad = lambda model: jax.jit(jax.value_and_grad(lambda p: loss(model, p), has_aux=True))
@@ -36,6 +48,17 @@ def test_conv_impls_share_parameters_outputs_and_gradients(fmnist):
   np.testing.assert_allclose(logits_i, logits_x, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(loss_i, loss_x, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_i, grads_x)
+
+
+@pytest.mark.parametrize("kernel,strides,padding", [(3, 2, ((1, 1), (1, 1))), (1, 2, "VALID"), (5, 1, "SAME"),
+                                                    (3, 2, "SAME")])
+def test_im2col_conv_matches_xla_with_strides(kernel, strides, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 13, 14, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, 3, 5)), jnp.float32)
+  args = ((strides, strides), padding)
+  expected = jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(models.im2col_conv(x, w, *args), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape,window", [((3, 28, 28, 4), (2, 2)), ((2, 13, 11, 3), (3, 2))])
