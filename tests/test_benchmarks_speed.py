@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from benchmarks import speed as benchmark
+from experiments import resnet_smoke
 from fmnist_jax import errors
 from fmnist_jax import loop
-from fmnist_jax import models
 from tests.conftest import run_module, tiny_config
 
 TINY_FLAGS = [  # tiny_config as command-line overrides.
@@ -49,8 +49,7 @@ def test_cli_rejects_bad_steps_in_one_line():
 
 def test_run_describes_a_resnet_by_its_resolved_settings():
   config = tiny_config(**{"runtime.conv_impl": "im2col"})
-  config.model = models.resnet_config()
-  config.model.stem_features, config.model.stage_features, config.model.blocks_per_stage = 4, (4, 8), (1, 1)
+  config.model = resnet_smoke.get_config().model
   r = benchmark.run(config, steps=2)
   assert (r["model"], r["conv_impl"], r["pool_impl"]) == ("resnet", "im2col", None)  # A ResNet has no max-pool.
   assert r["steps"] == 2 and math.isfinite(r["loss_last_window"])

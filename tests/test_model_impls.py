@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import resnet_smoke
 from fmnist_jax import config_checks
 from fmnist_jax import errors
 from fmnist_jax import models
@@ -14,12 +15,9 @@ from tests.conftest import tiny_config
 
 
 def _resnet(**overrides):
-  """A small ResNet: a stem, a stride-1 stage and a stride-2 stage with a 1x1 projection."""
+  """resnet_smoke's tiny ResNet: a stem, a stride-1 stage and a stride-2 stage with a 1x1 projection."""
   config = tiny_config(**overrides)
-  config.model = models.resnet_config()
-  config.model.stem_features = 4
-  config.model.stage_features = (4, 8)
-  config.model.blocks_per_stage = (1, 1)
+  config.model = resnet_smoke.get_config().model
   return config
 
 
