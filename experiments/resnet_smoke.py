@@ -11,6 +11,7 @@ def get_config():
   config.model.stem_features = 4  # Tiny widths: seconds per run on 2 CPU cores.
   config.model.stage_features = (4, 8)  # Two stages (28x28, 14x14).
   config.model.blocks_per_stage = (1, 1)  # One residual block per stage.
+  config.model.stage_strides = (1, 2)  # The second stage halves the resolution.
   config.model.dropout_rate = 0.1  # Dropout between the convolutions of each block.
   config.optimizer = "sgd"  # SGD with Nesterov momentum.
   config.nesterov = True  # Nesterov momentum.

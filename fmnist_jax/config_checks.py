@@ -64,11 +64,12 @@ def check_model(config) -> None:
     raise errors.ConfigError(f"config.model.activation={model.activation!r} is not an activation; use one of "
                              f"{', '.join(ACTIVATIONS)}")
   if model.name == "resnet":
-    for name in ("stage_features", "blocks_per_stage"):
+    for name in ("stage_features", "blocks_per_stage", "stage_strides"):
       _positive_tuple(model, "model.", name)
-    if len(model.stage_features) != len(model.blocks_per_stage):
-      raise errors.ConfigError(f"config.model.blocks_per_stage={tuple(model.blocks_per_stage)!r} needs one count "
-                               f"per stage of config.model.stage_features={tuple(model.stage_features)!r}")
+    for name, what in (("blocks_per_stage", "count"), ("stage_strides", "stride")):
+      if len(model.stage_features) != len(model[name]):
+        raise errors.ConfigError(f"config.model.{name}={tuple(model[name])!r} needs one {what} "
+                                 f"per stage of config.model.stage_features={tuple(model.stage_features)!r}")
     _positive(config, "model.stem_features")
     _in_range(model, "model.", "dropout_rate", 0.0, 0.99)
     _in_range(model, "model.", "batch_norm_momentum", 0.0, 1.0)

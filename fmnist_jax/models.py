@@ -162,13 +162,14 @@ class ResidualBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-  """conv3x3 stem → stages of residual blocks (the first of each stage after the first halves the
-  resolution) → [BN] act → global average pool → dense logits. WRN-d-k: stage_features
-  (16k, 32k, 64k), (d - 4) / 6 blocks per stage."""
+  """conv3x3 stem → stages of residual blocks (the first block of each stage strides by its
+  stage_strides entry) → [BN] act → global average pool → dense logits. WRN-d-k: stage_features
+  (16k, 32k, 64k), (d - 4) / 6 blocks per stage, strides (1, 2, 2)."""
 
   stem_features: int = 16
   stage_features: Sequence[int] = (16, 32, 64)
   blocks_per_stage: Sequence[int] = (2, 2, 2)
+  stage_strides: Sequence[int] = (1, 2, 2)
   batch_norm: bool = True
   batch_norm_momentum: float = 0.9
   dropout_rate: float = 0.0
@@ -182,9 +183,9 @@ class ResNet(nn.Module):
     """Maps images [N, 28, 28, 1] in [0, 1] to float32 logits [N, num_classes]."""
     x = nn.Conv(self.stem_features, (3, 3), padding=1, use_bias=not self.batch_norm, dtype=self.dtype,
                 conv_general_dilated=_conv_function(self.conv_impl))(x.astype(self.dtype))
-    for stage, (features, blocks) in enumerate(zip(self.stage_features, self.blocks_per_stage)):
+    for features, blocks, stride in zip(self.stage_features, self.blocks_per_stage, self.stage_strides):
       for block in range(blocks):
-        x = ResidualBlock(features, 2 if stage and not block else 1, self.batch_norm, self.batch_norm_momentum,
+        x = ResidualBlock(features, 1 if block else stride, self.batch_norm, self.batch_norm_momentum,
                           self.dropout_rate, self.activation, self.dtype, self.conv_impl)(x, train)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum, dtype=self.dtype)(x)
@@ -197,8 +198,9 @@ def resnet_config() -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
   m.name = "resnet"  # Model family: "cnn" (the seed's) or "resnet".
   m.stem_features = 16  # Output channels of the first 3x3 convolution.
-  m.stage_features = (16, 32, 64)  # Channels of each stage; stages after the first halve the resolution.
+  m.stage_features = (16, 32, 64)  # Channels of each stage.
   m.blocks_per_stage = (2, 2, 2)  # Residual blocks in each stage (WRN-d-k: (d - 4) / 6 each, widths 16k, 32k, 64k).
+  m.stage_strides = (1, 2, 2)  # Stride of each stage's first block: 1 keeps the resolution, 2 halves it.
   m.batch_norm = True  # BatchNorm before each activation (its statistics are model state, checkpointed).
   m.batch_norm_momentum = 0.9  # Running statistics: new = momentum * old + (1 - momentum) * batch's.
   m.dropout_rate = 0.0  # Dropout between the two convolutions of each block (0: none).
@@ -215,7 +217,8 @@ def create_model(config, rt=None) -> nn.Module:
     rt = runtime.resolve(config.runtime)
   if m.name == "resnet":
     return ResNet(stem_features=m.stem_features, stage_features=tuple(m.stage_features),
-                  blocks_per_stage=tuple(m.blocks_per_stage), batch_norm=m.batch_norm,
+                  blocks_per_stage=tuple(m.blocks_per_stage), stage_strides=tuple(m.stage_strides),
+                  batch_norm=m.batch_norm,
                   batch_norm_momentum=m.batch_norm_momentum,
                   dropout_rate=m.dropout_rate, num_classes=m.num_classes, activation=getattr(nn, m.activation),
                   dtype=jnp.dtype(config.dtype), conv_impl=rt.conv_impl)

@@ -68,11 +68,15 @@ def _merged(defaults: Dict[str, Any], saved: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def upgrade(saved: Dict[str, Any]) -> Dict[str, Any]:
-  """A saved config dict in today's layout: runs saved before config.runtime had its fields at the top."""
+  """A saved config dict in today's layout: runs saved before config.runtime had its fields at the top,
+  and ResNets saved before config.model.stage_strides (each stage after the first halved the resolution)."""
   saved = dict(saved)
   moved = {name: saved.pop(name) for name in runtime.FIELDS if name in saved}
   if moved:
     saved["runtime"] = {**moved, **saved.get("runtime", {})}
+  model = saved.get("model", {})
+  if model.get("name") == "resnet" and "stage_strides" not in model and "stage_features" in model:
+    saved["model"] = {**model, "stage_strides": [1] + [2] * (len(model["stage_features"]) - 1)}
   return saved
 
 

@@ -150,6 +150,19 @@ def test_wide_resnet_16_4_has_the_published_size():
   assert count == pytest.approx(2.75e6, rel=0.01)  # Zagoruyko & Komodakis: WRN-16-4, 2.7M (CIFAR-10).
 
 
+@pytest.mark.parametrize("strides, sizes", [((1, 2), (28, 14)), ((2, 2), (14, 7)), ((2, 1), (14, 14))])
+def test_each_stage_first_block_strides_by_its_stage_stride(strides, sizes):
+  config = smoke_config(**{"model.stage_strides": strides})
+  model = models.create_model(config)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
+  _, captured = model.apply(variables, jnp.zeros((2, 28, 28, 1)), capture_intermediates=True)
+  blocks = [captured["intermediates"][f"ResidualBlock_{i}"]["__call__"][0] for i in range(2)]
+  assert [b.shape[1:3] for b in blocks] == [(size, size) for size in sizes]
+  # A stride, like a change of width, puts a 1x1 projection on the shortcut; an identity needs none.
+  has_projection = ["Conv_2" in variables["params"][f"ResidualBlock_{i}"] for i in range(2)]
+  assert has_projection == [strides[0] != 1 or config.model.stem_features != config.model.stage_features[0], True]
+
+
 @pytest.mark.slow
 def test_stop_and_resume_with_every_recipe_on_equals_straight_training_bitwise(straight, tmp_path):
   workdir = rolled_back_copy(straight[0], str(tmp_path / "resumed"), STEPS // 2)
@@ -162,6 +175,18 @@ def test_stop_and_resume_with_every_recipe_on_equals_straight_training_bitwise(s
   for x, y in zip(jax.tree.leaves(checkpoints.model_state(a)), jax.tree.leaves(checkpoints.model_state(b))):
     assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
   assert resumed == straight[1]
+
+
+def test_a_resnet_saved_before_stage_strides_resumes_with_the_strides_it_trained_with(tmp_path):
+  saved = json.loads(smoke_config().to_json_best_effort())
+  del saved["model"]["stage_strides"]
+  os.makedirs(os.path.dirname(run_folder.config_path(str(tmp_path))), exist_ok=True)
+  with open(run_folder.config_path(str(tmp_path)), "w") as f:
+    json.dump(saved, f)
+  assert tuple(run_folder.load_config(str(tmp_path)).model.stage_strides) == (1, 2)
+  run_folder.check_resume(smoke_config(), str(tmp_path))  # Raises on any difference outside RESUME_SAFE.
+  with pytest.raises(errors.CheckpointError, match=r"model.stage_strides=\[1, 2\]"):
+    run_folder.check_resume(smoke_config(**{"model.stage_strides": (2, 2)}), str(tmp_path))
 
 
 @pytest.mark.slow
@@ -244,6 +269,8 @@ def test_eight_devices_train_batch_norm_with_global_statistics_as_one_device(tmp
     ({"augment.erase_area": (0.5, 0.1)}, "config.augment.erase_area=(0.5, 0.1) must be (low, high)"),
     ({"model.name": "vit"}, "config.model.name='vit' must be one of ('cnn', 'resnet')"),
     ({"model.blocks_per_stage": (1,)}, "config.model.blocks_per_stage=(1,) needs one count per stage"),
+    ({"model.stage_strides": (1, 2, 2)}, "config.model.stage_strides=(1, 2, 2) needs one stride per stage"),
+    ({"model.stage_strides": (0, 2)}, "config.model.stage_strides=(0, 2) must be a non-empty tuple of positive"),
 ])
 def test_bad_recipe_fields_are_one_line_errors(overrides, message):
   from fmnist_jax import config_checks  # pylint: disable=g-import-not-at-top
