@@ -218,8 +218,7 @@ def create_model(config, rt=None) -> nn.Module:
   if m.name == "resnet":
     return ResNet(stem_features=m.stem_features, stage_features=tuple(m.stage_features),
                   blocks_per_stage=tuple(m.blocks_per_stage), stage_strides=tuple(m.stage_strides),
-                  batch_norm=m.batch_norm,
-                  batch_norm_momentum=m.batch_norm_momentum,
+                  batch_norm=m.batch_norm, batch_norm_momentum=m.batch_norm_momentum,
                   dropout_rate=m.dropout_rate, num_classes=m.num_classes, activation=getattr(nn, m.activation),
                   dtype=jnp.dtype(config.dtype), conv_impl=rt.conv_impl)
   return CNN(

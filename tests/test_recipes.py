@@ -178,11 +178,9 @@ def test_stop_and_resume_with_every_recipe_on_equals_straight_training_bitwise(s
 
 
 def test_a_resnet_saved_before_stage_strides_resumes_with_the_strides_it_trained_with(tmp_path):
-  saved = json.loads(smoke_config().to_json_best_effort())
-  del saved["model"]["stage_strides"]
-  os.makedirs(os.path.dirname(run_folder.config_path(str(tmp_path))), exist_ok=True)
-  with open(run_folder.config_path(str(tmp_path)), "w") as f:
-    json.dump(saved, f)
+  saved = smoke_config()
+  del saved.model.stage_strides
+  run_folder.save_config(saved, str(tmp_path))
   assert tuple(run_folder.load_config(str(tmp_path)).model.stage_strides) == (1, 2)
   run_folder.check_resume(smoke_config(), str(tmp_path))  # Raises on any difference outside RESUME_SAFE.
   with pytest.raises(errors.CheckpointError, match=r"model.stage_strides=\[1, 2\]"):
