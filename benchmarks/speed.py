@@ -1,4 +1,4 @@
-"""Training speed of the real training path (`loop.Trainer`), optionally beside PyTorch in one run:
+"""Training speed of the real training path (`train.Trainer`), optionally beside PyTorch in one run:
 python -m benchmarks.speed --config=experiments/base.py [--steps=N] [--compare=torch] [--config.F=V ...]
 prints one JSON line.
 
@@ -25,9 +25,9 @@ import numpy as np
 from fmnist_jax import config_checks
 from fmnist_jax import errors
 from fmnist_jax import input_pipeline
-from fmnist_jax import loop
 from fmnist_jax import metrics as metrics_lib
 from fmnist_jax import runtime
+from fmnist_jax import train
 
 COMPARE = ("torch",)
 
@@ -41,7 +41,7 @@ def timed_windows(config, steps_per_epoch: int, num_steps: int, fused: bool) -> 
     return [(step, step + 1) for step in range(1, num_steps + 1)]
   windows, step = [], 1
   while step <= num_steps:
-    end = loop.next_boundary(step, num_steps + 1, steps_per_epoch, config)
+    end = train.next_boundary(step, num_steps + 1, steps_per_epoch, config)
     windows.append((step, end))
     step = end
   return windows
@@ -57,7 +57,7 @@ def _median_ms(windows: List[Tuple[int, float]]) -> float:
   return statistics.median(seconds / steps for steps, seconds in windows) * 1e3
 
 
-def _torch_trainer(config, trainer: loop.Trainer, init_params, allow_tf32: bool):
+def _torch_trainer(config, trainer: train.Trainer, init_params, allow_tf32: bool):
   try:
     from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top  # Optional extra.
   except ImportError as e:
@@ -67,7 +67,7 @@ def _torch_trainer(config, trainer: loop.Trainer, init_params, allow_tf32: bool)
   return torch_reference.TorchTrainer(config, images, labels, init_params, allow_tf32)
 
 
-def describe(config, trainer: loop.Trainer) -> Dict:
+def describe(config, trainer: train.Trainer) -> Dict:
   """What was measured: platform, versions and the resolved speed options."""
   return {
       "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
@@ -88,7 +88,7 @@ def run(config, steps: Optional[int] = None, compare: Optional[str] = None) -> D
     raise errors.ConfigError(f"--steps={steps} must be a positive number of timed steps")
   if compare not in (None,) + COMPARE:
     raise errors.ConfigError(f"--compare={compare} must be one of {COMPARE}")
-  trainer = loop.Trainer(config)
+  trainer = train.Trainer(config)
   steps = steps or trainer.steps_per_epoch
   result = {**describe(config, trainer), "steps": steps}
   state = trainer.initial_state()

@@ -39,9 +39,9 @@ def _vmapped(config, seeds, steps, group_size):
   """Groups of `group_size` seeds, one after another, sharing one trainer as the sweep runner does."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
   from fmnist_jax import sweep  # pylint: disable=g-import-not-at-top
-  trainer, setup_s, _ = _timed(lambda: loop.Trainer(config, vmapped=True))
+  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
+  trainer, setup_s, _ = _timed(lambda: train.Trainer(config, vmapped=True))
   compile_s = first_s = steps_s = steps_cpu = 0.0
   for start in range(0, len(seeds), group_size):
     group = seeds[start:start + group_size]
@@ -69,11 +69,11 @@ def _eval_seconds(evaluate):
 def _sequential(config, seeds, steps):
   import jax  # pylint: disable=g-import-not-at-top
 
-  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
   from fmnist_jax import sweep  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
   per_run = []
   for seed in seeds:
-    trainer, setup_s, _ = _timed(lambda seed=seed: loop.Trainer(_seeded(config, seed)))
+    trainer, setup_s, _ = _timed(lambda seed=seed: train.Trainer(_seeded(config, seed)))
     with sweep.compile_seconds() as compiling:
       state, first_s, _ = _timed(lambda: jax.block_until_ready(trainer.run_steps(trainer.initial_state(), 0, 1)[0]))
     state, steps_s, steps_cpu = _timed(

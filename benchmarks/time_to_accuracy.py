@@ -2,7 +2,7 @@
 python -m benchmarks.time_to_accuracy --config=experiments/X.py [--seeds=5] [--baseline=experiments/base.py]
 [--config.F=V ...]
 
-Each seed trains all of the config's steps on the real training path (`loop.Trainer`, its compiled
+Each seed trains all of the config's steps on the real training path (`train.Trainer`, its compiled
 programs and host calls), from a fresh state, with no evaluation, logging or checkpoint inside the
 clock; its final test accuracy is evaluated after the clock stops and logged (stderr) at once, so a
 long record run that is stopped keeps the seeds it finished. The programs are compiled once,
@@ -30,8 +30,8 @@ from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
 from fmnist_jax import config_checks  # pylint: disable=g-import-not-at-top
 from fmnist_jax import errors  # pylint: disable=g-import-not-at-top
-from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
 from fmnist_jax import runtime  # pylint: disable=g-import-not-at-top
+from fmnist_jax import train  # pylint: disable=g-import-not-at-top
 
 
 def machine() -> Dict:
@@ -52,7 +52,7 @@ def run(config, num_seeds: int) -> Dict:
   if num_seeds <= 0:
     raise errors.ConfigError(f"--seeds={num_seeds} must be a positive number of seeds")
   runtime.use_compilation_cache(config.runtime)
-  trainer = loop.Trainer(config)
+  trainer = train.Trainer(config)
   start = time.perf_counter()
   jax.block_until_ready(trainer.run_steps(trainer.initial_state(), 0, 1))  # Compiles the training programs.
   compile_s = time.perf_counter() - start

@@ -1,7 +1,7 @@
 """Per-class evaluation of a trained workdir on the test split.
 
 python -m fmnist_jax.evaluate --workdir=W [--out=DIR] restores the newest parameters, runs
-train.eval_step over the whole test split (so the overall numbers are those training logged), and
+steps.eval_step over the whole test split (so the overall numbers are those training logged), and
 writes per_class.csv (precision, recall, F1, support), confusion_matrix.png and misclassified.png
 (the test images the model got wrong with the highest confidence).
 """
@@ -26,7 +26,7 @@ from fmnist_jax import metrics as metrics_lib
 from fmnist_jax import models
 from fmnist_jax import plotting
 from fmnist_jax import run_folder
-from fmnist_jax import train
+from fmnist_jax import steps
 
 FLAGS = flags.FLAGS
 CSV_FIELDS = ("class_index", "class_name", "precision", "recall", "f1", "support")
@@ -35,27 +35,27 @@ CSV_FIELDS = ("class_index", "class_name", "precision", "recall", "f1", "support
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
   step: int  # Training step of the restored checkpoint.
-  metrics: Dict[str, float]  # train.eval_step's metrics over the whole test split.
+  metrics: Dict[str, float]  # steps.eval_step's metrics over the whole test split.
   confusion: np.ndarray  # int [true class, predicted class]
   probabilities: np.ndarray  # float [N, classes], softmax of the logits
   test: input_pipeline.Split
 
 
 def _evaluate_batch(state, batch, tta: models.TTA):
-  """train.eval_step's metrics plus the softmax and confusion counts (XLA shares the forward pass)."""
+  """steps.eval_step's metrics plus the softmax and confusion counts (XLA shares the forward pass)."""
   batch = input_pipeline.to_float_batch(batch)
   variables = models.inference_variables(state.params, state.batch_stats, state.ema_params, state.ema_batch_stats)
   logits = models.inference_logits(state.apply_fn, variables, batch["image"], tta)
   confusion = metrics_lib.ConfusionMatrix.from_model_output(
       logits=logits, labels=batch["label"], mask=batch["mask"])
-  return train.eval_step(state, batch, tta=tta), confusion, jax.nn.softmax(logits)
+  return steps.eval_step(state, batch, tta=tta), confusion, jax.nn.softmax(logits)
 
 
 def evaluate_workdir(workdir: str) -> Evaluation:
   """Restores `workdir`'s newest parameters (and model state) and evaluates them on the test split
   of its config.data, as evaluation during training did (its test-time augmentation included)."""
   config = run_folder.load_config(workdir)
-  abstract = jax.eval_shape(functools.partial(train.create_train_state, config), jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(functools.partial(steps.create_train_state, config), jax.random.PRNGKey(0))
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
   try:
     step, (params, model_state) = ckpt.restore_model(abstract.params, checkpoints.model_state(abstract))

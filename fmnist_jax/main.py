@@ -121,8 +121,8 @@ def main(argv):
   del argv  # parse_flags refused positional arguments.
   errors.exit_on_error(lambda: config_checks.validate(FLAGS.config))  # Before JAX and TensorFlow load.
   prepare_process()
-  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
-  errors.exit_on_error(lambda: loop.train_and_evaluate(FLAGS.config, FLAGS.workdir))
+  from fmnist_jax import train  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
+  errors.exit_on_error(lambda: train.train_and_evaluate(FLAGS.config, FLAGS.workdir))
 
 
 def run() -> None:

@@ -14,78 +14,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from fmnist_jax import augment
+from fmnist_jax import kernels
 from fmnist_jax import runtime
-
-
-def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                dimension_numbers=None, feature_group_count=1, precision=None):
-  """`lax.conv_general_dilated` for NHWC/HWIO as shifted (strided) slices + one matmul.
-
-  For fused steps on the CPU: XLA:CPU runs a convolution inside a loop body (lax.fori_loop/map)
-  through a slow generic kernel (jax-ml/jax#12868; measured >30x slower here), a matmul it runs
-  well. Outside loops XLA's own convolution is faster. The kernel keeps its [kh, kw, in, out]
-  shape, so checkpoints are interchangeable. (`lax.conv_general_dilated_patches` is no substitute:
-  it is itself a convolution, with kh*kw*in output channels.)
-  """
-  del dimension_numbers  # flax.linen.Conv passes NHWC/HWIO for 2-D inputs, the only layout used here.
-  if feature_group_count != 1 or any(d is not None and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation)):
-    raise NotImplementedError("im2col_conv supports no dilation and one group")
-  kh, kw, cin, cout = rhs.shape
-  _, h, w, _ = lhs.shape
-  sh, sw = window_strides
-  if isinstance(padding, str):
-    padding = jax.lax.padtype_to_pads((h, w), (kh, kw), window_strides, padding)
-  x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
-  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-  patches = jnp.concatenate(
-      [x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw, :] for i in range(kh) for j in range(kw)],
-      axis=-1)
-  return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
-
-
-def _conv_function(conv_impl: str):
-  """The `conv_general_dilated` of flax.linen.Conv for a resolved conv_impl."""
-  return im2col_conv if conv_impl == "im2col" else jax.lax.conv_general_dilated
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def strided_max_pool(x: jnp.ndarray, window: Sequence[int]) -> jnp.ndarray:
-  """`nn.max_pool(x, window, strides=window)` (VALID) as a max of strided slices, same gradient.
-
-  XLA differentiates max_pool with select_and_scatter, slow on the CPU. Here each window's
-  gradient goes to its first maximum in row-major order, exactly where select_and_scatter puts
-  it, ties included, so both give bitwise-equal gradients; every operation is elementwise.
-  """
-  return functools.reduce(jnp.maximum, _window_offsets(x, window))
-
-
-def _window_offsets(x, window):
-  """The ph*pw strided slices [N, H/ph, W/pw, C] of x, one per window offset, row-major."""
-  (ph, pw), (_, h, w, _) = window, x.shape
-  return [x[:, i:h // ph * ph:ph, j:w // pw * pw:pw] for i in range(ph) for j in range(pw)]
-
-
-def _strided_max_pool_fwd(x, window):
-  pooled = strided_max_pool(x, window)
-  return pooled, (x, pooled)
-
-
-def _strided_max_pool_bwd(window, residuals, g):
-  x, pooled = residuals
-  offsets = _window_offsets(x, window)
-  taken = jnp.zeros(pooled.shape, bool)
-  grads = []
-  for xs in offsets:  # The first maximum of each window takes the gradient.
-    first = (xs == pooled) & ~taken
-    taken = taken | first
-    grads.append(jnp.where(first, g, jnp.zeros((), g.dtype)))
-  (ph, pw), (n, oh, ow, c) = window, g.shape
-  grads = jnp.stack(grads).reshape(ph, pw, n, oh, ow, c).transpose(2, 3, 0, 4, 1, 5)
-  grads = grads.reshape(n, oh * ph, ow * pw, c)
-  return (jnp.pad(grads, ((0, 0), (0, x.shape[1] - oh * ph), (0, x.shape[2] - ow * pw), (0, 0))),)
-
-
-strided_max_pool.defvjp(_strided_max_pool_fwd, _strided_max_pool_bwd)
 
 
 class CNN(nn.Module):
@@ -104,25 +34,21 @@ class CNN(nn.Module):
   batch_norm: bool = False
   batch_norm_momentum: float = 0.9
   dtype: jnp.dtype = jnp.float32  # Compute dtype; parameters stay float32.
-  conv_impl: str = "xla"  # "xla" or "im2col": same parameters and function, different arithmetic.
-  pool_impl: str = "xla"  # "xla" (nn.max_pool) or "slices" (strided_max_pool): same values and gradients.
+  conv: Callable = jax.lax.conv_general_dilated  # nn.Conv's convolution (kernels.conv_function picks it).
+  max_pool: Callable = kernels.xla_max_pool  # (x, window) -> pooled; kernels.max_pool_function picks it.
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """Maps images [N, 28, 28, 1] in [0, 1] to float32 logits [N, num_classes]; BatchNorm (if any)
     normalizes with the batch's statistics and updates its running ones only in training."""
     x = x.astype(self.dtype)
-    conv = _conv_function(self.conv_impl)
     for features in self.conv_features:
       x = nn.Conv(features, tuple(self.kernel_size), padding="SAME", dtype=self.dtype, use_bias=not self.batch_norm,
-                  conv_general_dilated=conv)(x)
+                  conv_general_dilated=self.conv)(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum, dtype=self.dtype)(x)
       x = self.activation(x)
-      if self.pool_impl == "slices":
-        x = strided_max_pool(x, tuple(self.pool_size))
-      else:
-        x = nn.max_pool(x, tuple(self.pool_size), strides=tuple(self.pool_size))
+      x = self.max_pool(x, tuple(self.pool_size))
     x = x.reshape((x.shape[0], -1))
     if self.dense_features:
       x = self.activation(nn.Dense(self.dense_features, dtype=self.dtype)(x))
@@ -141,12 +67,12 @@ class ResidualBlock(nn.Module):
   dropout_rate: float
   activation: Callable[[jnp.ndarray], jnp.ndarray]
   dtype: jnp.dtype
-  conv_impl: str = "xla"  # "xla" or "im2col": same parameters and function, different arithmetic.
+  conv: Callable = jax.lax.conv_general_dilated  # nn.Conv's convolution (kernels.conv_function picks it).
 
   @nn.compact
   def __call__(self, x, train: bool):
     conv = functools.partial(nn.Conv, use_bias=not self.batch_norm, dtype=self.dtype,
-                             conv_general_dilated=_conv_function(self.conv_impl))
+                             conv_general_dilated=self.conv)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.batch_norm_momentum,
                              dtype=self.dtype)
     y = self.activation(norm()(x) if self.batch_norm else x)
@@ -176,17 +102,17 @@ class ResNet(nn.Module):
   num_classes: int = 10
   activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.relu
   dtype: jnp.dtype = jnp.float32
-  conv_impl: str = "xla"  # "xla" or "im2col": same parameters and function, different arithmetic.
+  conv: Callable = jax.lax.conv_general_dilated  # nn.Conv's convolution (kernels.conv_function picks it).
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """Maps images [N, 28, 28, 1] in [0, 1] to float32 logits [N, num_classes]."""
     x = nn.Conv(self.stem_features, (3, 3), padding=1, use_bias=not self.batch_norm, dtype=self.dtype,
-                conv_general_dilated=_conv_function(self.conv_impl))(x.astype(self.dtype))
+                conv_general_dilated=self.conv)(x.astype(self.dtype))
     for features, blocks, stride in zip(self.stage_features, self.blocks_per_stage, self.stage_strides):
       for block in range(blocks):
         x = ResidualBlock(features, 1 if block else stride, self.batch_norm, self.batch_norm_momentum,
-                          self.dropout_rate, self.activation, self.dtype, self.conv_impl)(x, train)
+                          self.dropout_rate, self.activation, self.dtype, self.conv)(x, train)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum, dtype=self.dtype)(x)
     x = self.activation(x).mean(axis=(1, 2))
@@ -220,7 +146,7 @@ def create_model(config, rt=None) -> nn.Module:
                   blocks_per_stage=tuple(m.blocks_per_stage), stage_strides=tuple(m.stage_strides),
                   batch_norm=m.batch_norm, batch_norm_momentum=m.batch_norm_momentum,
                   dropout_rate=m.dropout_rate, num_classes=m.num_classes, activation=getattr(nn, m.activation),
-                  dtype=jnp.dtype(config.dtype), conv_impl=rt.conv_impl)
+                  dtype=jnp.dtype(config.dtype), conv=kernels.conv_function(rt.conv_impl))
   return CNN(
       conv_features=tuple(m.conv_features),
       kernel_size=tuple(m.kernel_size),
@@ -231,8 +157,8 @@ def create_model(config, rt=None) -> nn.Module:
       batch_norm=m.batch_norm,
       batch_norm_momentum=m.batch_norm_momentum,
       dtype=jnp.dtype(config.dtype),
-      conv_impl=rt.conv_impl,
-      pool_impl=rt.pool_impl,
+      conv=kernels.conv_function(rt.conv_impl),
+      max_pool=kernels.max_pool_function(rt.pool_impl),
   )
 
 

@@ -21,7 +21,7 @@ from fmnist_jax import config_checks
 from fmnist_jax import errors
 from fmnist_jax import run_folder
 
-SPLITS = ("train", "eval")  # Event-file subfolders of a workdir, as fmnist_jax.loop writes them.
+SPLITS = ("train", "eval")  # Event-file subfolders of a workdir, as fmnist_jax.train writes them.
 CURVE_METRICS = ("loss", "accuracy", "precision")  # Eval recall equals accuracy on the balanced test split.
 FIGURE_WIDTH_IN, CURVE_HEIGHT_IN, DPI = 10.0, 5.5, 100  # 1000 px wide.
 _SPLIT_STYLE = {"train": {"linestyle": "-", "marker": "."}, "eval": {"linestyle": "--", "marker": "o", "markersize": 3}}

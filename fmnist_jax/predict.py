@@ -33,7 +33,7 @@ from fmnist_jax import errors
 from fmnist_jax import images as images_lib
 from fmnist_jax import models
 from fmnist_jax import run_folder
-from fmnist_jax import train
+from fmnist_jax import steps
 
 
 class Predictor:
@@ -48,7 +48,7 @@ class Predictor:
     try:
       model = models.create_model(self.config)
       # The training state's layout says which model state the checkpoint holds (as in evaluate).
-      abstract = jax.eval_shape(functools.partial(train.create_train_state, self.config), jax.random.PRNGKey(0))
+      abstract = jax.eval_shape(functools.partial(steps.create_train_state, self.config), jax.random.PRNGKey(0))
       tta = models.tta_of(self.config)
       self.max_batch = int(self.config.eval_batch_size)
     except (AttributeError, KeyError, TypeError, ValueError) as e:

@@ -7,8 +7,8 @@ A sweep file defines `get_sweep()` returning a list of override dicts with dotte
 (`{"model.dense_features": 512, "seed": 1}`); `--config.*` flags apply to every point. Point
 `<name>` trains in `<workdir>/<name>/` (its own checkpoints and event files, so TensorBoard on
 `<workdir>` compares the points). Points that differ only in seed and optimizer hyperparameters
-train together, vmapped over a model axis (one compiled program; `loop.py`), up to
-`--vmap_members` at a time; the others train one by one with `loop.train_and_evaluate`, sharing
+train together, vmapped over a model axis (one compiled program; `train.py`), up to
+`--vmap_members` at a time; the others train one by one with `train.train_and_evaluate`, sharing
 compiled programs through XLA's persistent cache (`<workdir>/compilation_cache` unless
 `--config.runtime.compilation_cache_dir` names another).
 A finished point leaves `sweep_result.json` and is skipped by a re-run with the same config; a
@@ -147,10 +147,10 @@ def _finished(point: Point) -> Optional[dict]:
 
 def groups(points: Sequence[Point], vmap_members: int) -> List[List[Point]]:
   """Points that can share one vmapped program, in sweep order, at most `vmap_members` per group."""
-  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
   by_key: Dict[str, List[Point]] = {}
   for p in points:
-    by_key.setdefault(loop.program_key(p.config), []).append(p)
+    by_key.setdefault(train.program_key(p.config), []).append(p)
   return [members[i:i + vmap_members] for members in by_key.values()
           for i in range(0, len(members), vmap_members)]
 
@@ -178,20 +178,20 @@ def _train_group(group: List[Point], trainers: Dict[str, Any]) -> List[dict]:
   `trainers` keeps the trainer of the last vmapped group: the next group of the same program
   reuses its device data and compiled programs.
   """
-  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   with compile_seconds() as compiling:
     if len(group) == 1:
       try:
-        outcomes = [loop.Outcome(loop.train_and_evaluate(group[0].config, group[0].workdir))]
+        outcomes = [train.Outcome(train.train_and_evaluate(group[0].config, group[0].workdir))]
       except errors.NonFiniteLossError as e:
-        outcomes = [loop.Outcome({k: float("nan") for k in METRICS}, str(e))]
+        outcomes = [train.Outcome({k: float("nan") for k in METRICS}, str(e))]
     else:
-      key = loop.program_key(group[0].config)
+      key = train.program_key(group[0].config)
       if key not in trainers:
         trainers.clear()  # One at a time: each holds the dataset on the device.
-        trainers[key] = loop.Trainer(group[0].config, vmapped=True)
-      outcomes = loop.train_and_evaluate_many(
+        trainers[key] = train.Trainer(group[0].config, vmapped=True)
+      outcomes = train.train_and_evaluate_many(
           [p.config for p in group], [p.workdir for p in group], trainers[key])
   seconds = time.perf_counter() - start
   logging.info("Group of %d trained in %.1f s, %.1f s of it compiling", len(group), seconds, compiling[0])

@@ -1,155 +1,406 @@
-"""Training state, the pure train/eval steps, and the compiled chunks built from them.
+"""The one host loop: trains 1..N runs of one program, each in its own workdir.
 
-Nothing here is jitted: `fmnist_jax.loop` jits these functions where it calls them (with the
-run's XLA options, donation and shardings) and `vmap`s them over members. What a config leaves
-off (augmentation, label smoothing, BatchNorm, dropout, an EMA) is left out of the traced step.
+A single run is the N = 1 case and runs `steps.train_steps` as it is. N members that differ only
+in seed and optimizer hyperparameters (`program_key`) are stacked on a leading model axis and run
+`jax.vmap` of the same program: one compile and one dispatch per step for all of them, member i
+computing what a single run with its seed computes. Either way the loop does the same: log,
+evaluate and checkpoint on their cadence, stop a member whose loss turns NaN/Inf, stop everything
+after the current step on SIGTERM/SIGINT with a checkpoint saved. Each member's workdir holds
+config.json, checkpoints/ and train/ + eval/ event files, so a single run and a member can resume
+each other.
 """
 
-from typing import Any
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Dict, List, Optional, Sequence
 
-from flax.training import train_state
+from absl import logging
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
 
-from fmnist_jax import augment
+from fmnist_jax import checkpoints
 from fmnist_jax import config_checks
+from fmnist_jax import errors
 from fmnist_jax import input_pipeline
 from fmnist_jax import metrics as metrics_lib
 from fmnist_jax import models
 from fmnist_jax import optimizers
 from fmnist_jax import parallel
+from fmnist_jax import preemption
+from fmnist_jax import run_folder
+from fmnist_jax import runtime
+from fmnist_jax import steps
+from fmnist_jax import writers
+
+# The config fields members of one program may differ in: the seed, and the hyperparameters that
+# are arrays in the optimizer state (those an optimizer does not use change nothing).
+VMAPPED_FIELDS = ("seed",) + optimizers.ALL_HYPERPARAMS
 
 
-class TrainState(train_state.TrainState):
-  """Flax's TrainState plus model state: None (no leaves) where the config has none."""
-
-  batch_stats: Any = None  # BatchNorm statistics (collection "batch_stats"), updated by train_step.
-  ema_params: Any = None  # Exponential moving average of the parameters (config.ema_decay > 0).
-  ema_batch_stats: Any = None  # The same average of the BatchNorm statistics, evaluated with ema_params.
-
-
-# --- State and steps (pure; jitted where they are called) -------------------------------------
+def program_key(config) -> str:
+  """Equal for configs that differ only in VMAPPED_FIELDS, i.e. that can train as one program."""
+  fields = json.loads(config.to_json_best_effort(sort_keys=True))
+  for name in VMAPPED_FIELDS:
+    fields.pop(name)
+  return json.dumps(fields, sort_keys=True)
 
 
-def create_optimizer(config) -> optax.GradientTransformation:
-  """The config's optimizer (fmnist_jax/optimizers.py), its hyperparameters in the state so that
-  changing them needs no recompilation; schedules span the run's training steps."""
-  return optimizers.create(config, num_train_steps(config, config_checks.TRAIN_EXAMPLES))
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """How a member ended: its final evaluation, and why it stopped early, if it did."""
+
+  metrics: Dict[str, float]
+  error: Optional[str] = None  # Set when its loss turned NaN/Inf (halt_on_nan); its last good checkpoint is kept.
 
 
-def derive_keys(seed: int) -> tuple:
-  """(init_key, shuffle_key, step_key) of a run; one derivation, so vmapped members match single
-  runs. A step's augmentation and dropout draw from fold_in(step_key, step)."""
-  rng = jax.random.PRNGKey(seed)
-  return jax.random.fold_in(rng, 0), jax.random.fold_in(rng, 1), jax.random.fold_in(rng, 2)
+def _stack(*states):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
-def create_train_state(config, rng: jax.Array, runtime=None) -> TrainState:
-  """Fresh parameters, model state and optimizer state; `runtime` (a resolved
-  fmnist_jax.runtime.Runtime) picks the layer arithmetic, default: resolved for JAX's default backend."""
-  model = models.create_model(config, runtime)
-  variables = model.init(rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE, jnp.float32))
-  params = variables["params"]
-  batch_stats = variables.get("batch_stats")  # None (an empty tree) for a model without BatchNorm.
-  ema_params, ema_batch_stats = jax.tree.map(jnp.copy, (params, batch_stats)) if config.ema_decay else (None, None)
-  return TrainState.create(apply_fn=model.apply, params=params, tx=create_optimizer(config), batch_stats=batch_stats,
-                           ema_params=ema_params, ema_batch_stats=ema_batch_stats)
+def _member(tree, i: int):
+  return jax.tree.map(lambda x: x[i], tree)
 
 
-def with_config_hyperparams(state: TrainState, config) -> TrainState:
-  """inject_hyperparams keeps the optimizer's hyperparameters in the state: a resumed run takes the config's."""
-  hyperparams = {name: jax.device_put(jnp.asarray(config[name], value.dtype), value.sharding)
-                 if name in config else value
-                 for name, value in state.opt_state.hyperparams.items()}
-  return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+def _evaluate_members(states, batches, *, tta: models.TTA, mesh):
+  """EvalMetrics [N], one member at a time: vmapped, the activations of eval_batch_size images
+  grew N-fold (10 GB for 4 base-config members on the CPU)."""
+  return jax.lax.map(lambda state: steps.evaluate_batches(state, batches, tta=tta, mesh=mesh), states)
 
 
-def _ema(ema_tree, tree, decay: float, step):
-  """The bias-corrected average of `tree` after steps 1..step, weights decay**(step - i): the
-  initial values carry no weight (the update at step 1 copies them)."""
-  weight = (1 - decay) / (1 - decay ** step.astype(jnp.float32))
-  return jax.tree.map(lambda e, p: e + weight * (p - e), ema_tree, tree)
+def _member_scalars(collection) -> List[Dict[str, float]]:
+  num_members = jax.tree.leaves(collection)[0].shape[0]
+  return [metrics_lib.scalars(_member(collection, i)) for i in range(num_members)]
 
 
-def train_step(state: TrainState, batch, step_key, *, config) -> tuple:
-  """One optimizer step on a batch {'image': float [B,28,28,1], 'label': int32 [B]} → (state, metrics).
+class Trainer:
+  """The device data and compiled programs of one program: one run, or N vmapped members.
 
-  Augmentation and dropout draw from fold_in(step_key, state.step): a pure function of (seed, step).
-  """
-  images, labels = batch["image"], batch["label"]
-
-  def key(purpose: int):  # Derived only where used: a step without randomness draws nothing.
-    return jax.random.fold_in(jax.random.fold_in(step_key, state.step), purpose)
-
-  if augment.enabled(config.augment):
-    images = augment.apply(config.augment, key(0), images)
-  has_stats = state.batch_stats is not None
-  rngs = {"dropout": key(1)} if config.model.get("dropout_rate") else None
-
-  def loss_fn(params):
-    variables = {"params": params, **({"batch_stats": state.batch_stats} if has_stats else {})}
-    if has_stats:
-      logits, updates = state.apply_fn(variables, images, train=True, rngs=rngs, mutable=["batch_stats"])
-    else:
-      logits, updates = state.apply_fn(variables, images, train=True, rngs=rngs), {}
-    if config.label_smoothing:
-      targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), config.label_smoothing)
-      loss = optax.softmax_cross_entropy(logits, targets).mean()
-    else:
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, (logits, updates)
-
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, **updates)
-  if config.ema_decay:  # BatchNorm statistics are averaged too: they must match the averaged weights.
-    ema_params, ema_batch_stats = _ema((state.ema_params, state.ema_batch_stats), (state.params, state.batch_stats),
-                                       config.ema_decay, state.step)
-    state = state.replace(ema_params=ema_params, ema_batch_stats=ema_batch_stats)
-  return state, metrics_lib.TrainMetrics.single_from_model_output(
-      loss=loss, logits=logits, labels=labels, grad_norm=optax.tree.norm(grads))
-
-
-def eval_step(state: TrainState, batch, *, tta: models.TTA = models.TTA()) -> metrics_lib.EvalMetrics:
-  """Metrics of a masked batch, without gradients, the logits averaged over the views of `tta`."""
-  variables = models.inference_variables(state.params, state.batch_stats, state.ema_params, state.ema_batch_stats)
-  logits = models.inference_logits(state.apply_fn, variables, batch["image"], tta)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-  return metrics_lib.EvalMetrics.single_from_model_output(
-      loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"])
-
-
-# --- Compiled programs ------------------------------------------------------------------------
-
-
-def train_steps(state, images, labels, perm, step_key, start_index, num_steps, *, config, mesh):
-  """`num_steps` (traced) consecutive steps of one epoch, batches gathered on the device.
-
-  The first step runs outside the loop so its metrics seed the accumulator; with num_steps=1 this
-  is exactly one step, so fused and step-by-step training share one compiled program.
+  `states` below is one TrainState (single) or TrainStates stacked on a leading axis (vmapped).
   """
 
-  def one_step(state, index):
-    batch = input_pipeline.gather_batch(images, labels, perm, index, config.batch_size)
-    return train_step(state, parallel.shard_batch(mesh, batch), step_key, config=config)
+  def __init__(self, config, vmapped: bool = False):
+    self.config = config
+    self.vmapped = vmapped
+    self.runtime = runtime.resolve(config.runtime)
+    logging.info("Runtime: %s", self.runtime.describe())
+    self.fused = self.runtime.fused
+    self.mesh = mesh = parallel.make_mesh()
+    data = input_pipeline.load_dataset(config.data)
+    self.num_train = num_train = len(data["train"].labels)
+    self.steps_per_epoch = num_train // config.batch_size
+    self.num_steps = steps.num_train_steps(config, num_train)
+    self.train_images, self.train_labels = parallel.put_replicated(
+        mesh, (data["train"].images, data["train"].labels))
+    self.test_batches = parallel.put_replicated(
+        mesh, input_pipeline.padded_batches(data["test"], config.eval_batch_size))
+    self.shuffle_key, self.step_key = steps.derive_keys(config.seed)[1:]
+    self._perm = (None, None, None)  # (epoch, shuffle keys, their permutations): computed once per epoch.
+    replicated = parallel.replicated(mesh)
+    jit = functools.partial(jax.jit, compiler_options=self.runtime.compiler_options)
+    # Members are initialized one by one: a vmapped init compiled 2x slower than the single one.
+    self._init = jit(functools.partial(steps.create_train_state, config, runtime=self.runtime),
+                     out_shardings=replicated)
+    train_steps = functools.partial(steps.train_steps, config=config, mesh=mesh)
+    tta = models.tta_of(config)
+    permutation = functools.partial(input_pipeline.epoch_permutation, num_examples=num_train)
+    if vmapped:
+      self._stack = jit(_stack, out_shardings=replicated)
+      self._train_steps = jit(jax.vmap(train_steps, in_axes=(0, None, None, 0, 0, None, None)), donate_argnums=0)
+      self._permutation = jit(jax.vmap(permutation, in_axes=(0, None)))
+      self._evaluate = jit(functools.partial(_evaluate_members, tta=tta, mesh=mesh))
+    else:
+      self._train_steps = jit(train_steps, donate_argnums=0)
+      self._permutation = jit(permutation)
+      self._evaluate = jit(functools.partial(steps.evaluate_batches, tta=tta, mesh=mesh))
+      self._eval_step = jit(lambda state, b: steps.eval_step(state, parallel.shard_batch(
+          mesh, input_pipeline.to_float_batch(b)), tta=tta))
 
-  state, acc = one_step(state, start_index)
+  def initial_state(self):
+    """A fresh state of this trainer's own config."""
+    return self._init(steps.derive_keys(self.config.seed)[0])
 
-  def body(i, carry):
-    state, acc = carry
-    state, m = one_step(state, start_index + i)
-    return state, acc.merge(m)
+  def abstract_state(self):
+    return jax.eval_shape(self._init, steps.derive_keys(self.config.seed)[0])
 
-  return jax.lax.fori_loop(1, num_steps, body, (state, acc))
+  def initial_states(self, configs: Sequence):
+    """Fresh states, each member with its seed's parameters and its own hyperparameters."""
+    return self.stack([self._init(steps.derive_keys(c.seed)[0]) for c in configs], configs)
+
+  def stack(self, states: Sequence, configs: Sequence):
+    """Member states (fresh or restored), each with its config's hyperparameters."""
+    states = [steps.with_config_hyperparams(s, c) for s, c in zip(states, configs)]
+    return self._stack(*states) if self.vmapped else states[0]
+
+  def member(self, states, i: int):
+    return _member(states, i) if self.vmapped else states
+
+  def member_keys(self, configs: Sequence) -> tuple:
+    """(shuffle keys, step keys) of the members, stacked when vmapped."""
+    keys = [steps.derive_keys(c.seed)[1:] for c in configs]
+    if self.vmapped:
+      return tuple(jnp.stack(k) for k in zip(*keys))
+    return keys[0]
+
+  def evaluate(self, states) -> List[Dict[str, float]]:
+    """Each member's metrics over the whole test split."""
+    batches = self.test_batches
+    num_batches = batches["label"].shape[0]
+    if self.fused:
+      result = self._evaluate(states, batches)
+    elif self.vmapped:  # On the CPU a Python loop over batches beats lax.map.
+      result = None
+      for i in range(num_batches):
+        m = self._evaluate(states, jax.tree.map(lambda x: x[i:i + 1], batches))
+        result = m if result is None else result.merge(m)
+    else:
+      result = None
+      for i in range(num_batches):
+        m = self._eval_step(states, jax.tree.map(lambda x: x[i], batches))
+        result = m if result is None else result.merge(m)
+    return _member_scalars(result) if self.vmapped else [metrics_lib.scalars(result)]
+
+  def run_steps(self, states, step: int, end: int, member_keys=None):
+    """Trains steps [step, end) of one epoch; returns (states, accumulated metrics).
+    `member_keys`: `member_keys(configs)` of vmapped members (default: this trainer's config's)."""
+    shuffle_keys, step_keys = (self.shuffle_key, self.step_key) if member_keys is None else member_keys
+    epoch, index = divmod(step, self.steps_per_epoch)
+    if self._perm[0] != epoch or self._perm[1] is not shuffle_keys:
+      self._perm = (epoch, shuffle_keys, self._permutation(shuffle_keys, epoch))
+    return run_chunk(self._train_steps, states, self.train_images, self.train_labels, self._perm[2], step_keys,
+                     index, end - step, self.fused)
 
 
-def evaluate_batches(state, batches, *, tta: models.TTA, mesh):
-  """EvalMetrics over all of `batches` [num_batches, B, ...] in one compiled call."""
-  per_batch = jax.lax.map(lambda b: eval_step(
-      state, parallel.shard_batch(mesh, input_pipeline.to_float_batch(b)), tta=tta), batches)
-  return per_batch.reduce()
+def run_chunk(program, state, images, labels, perm, step_keys, index: int, num_steps: int, fused: bool):
+  """`num_steps` steps from batch `index`: one call of `program` when fused, else one call per step."""
+  if fused:
+    return program(state, images, labels, perm, step_keys, index, num_steps)
+  acc = None
+  for i in range(index, index + num_steps):
+    state, m = program(state, images, labels, perm, step_keys, i, 1)
+    acc = m if acc is None else acc.merge(m)
+  return state, acc
 
 
-def num_train_steps(config, num_train_examples: int) -> int:
-  steps_per_epoch = num_train_examples // config.batch_size
-  return config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+def next_boundary(step: int, num_steps: int, steps_per_epoch: int, config) -> int:
+  """The next step at which the host must act: log, eval, checkpoint, epoch end, or the end."""
+  candidates = [num_steps, (step // steps_per_epoch + 1) * steps_per_epoch]
+  for every in (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps):
+    candidates.append((step // every + 1) * every)
+  return min(candidates)
+
+
+def format_eta(seconds: float) -> str:
+  minutes, secs = divmod(int(seconds), 60)
+  return f"{minutes}m{secs:02d}s"
+
+
+def non_finite_message(window_start: int, step: int, last_saved: Optional[int], ckpt_dir: str) -> str:
+  """What the NaN guard reports, for a single run and a vmapped member alike."""
+  where = f"step {last_saved} in {ckpt_dir} (kept)" if last_saved is not None else "none yet"
+  return (f"loss or gradients became NaN/Inf between steps {window_start} and {step}; last good checkpoint: "
+          f"{where}. Lower learning_rate, or set runtime.halt_on_nan=False to continue anyway")
+
+
+def prepare(config, workdir: str) -> str:
+  """Checks `config` before any work starts; returns the absolute workdir."""
+  config_checks.validate(config, jax.device_count())
+  runtime.use_compilation_cache(config.runtime)
+  return os.path.abspath(workdir)
+
+
+class _Member:
+  """One run of a group: its config, checkpoints and writers, and how far it got."""
+
+  def __init__(self, config, workdir: str, is_chief: bool):
+    self.config, self.workdir = config, workdir
+    self.ckpt = checkpoints.Checkpointer(workdir, max_to_keep=config.max_checkpoints_to_keep)
+    self.train_writer = writers.create_writer(os.path.join(workdir, "train"), enabled=is_chief)
+    self.eval_writer = writers.create_writer(os.path.join(workdir, "eval"), enabled=is_chief)
+    self.last_saved: Optional[int] = None
+    self.error: Optional[str] = None  # Why it stopped (NaN/Inf); it is no longer saved or logged.
+
+  def flush(self) -> None:
+    self.train_writer.flush()
+    self.eval_writer.flush()
+
+  def close(self) -> None:
+    try:
+      self.flush()
+      self.train_writer.close()
+      self.eval_writer.close()
+    finally:
+      self.ckpt.close()
+
+
+def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
+  """Trains (or resumes) `config` in `workdir`; returns the final evaluation metrics."""
+  outcome, = train_and_evaluate_many([config], [workdir])
+  if outcome.error:
+    raise errors.NonFiniteLossError(outcome.error)
+  return outcome.metrics
+
+
+def train_and_evaluate_many(configs: Sequence, workdirs: Sequence[str],
+                            trainer: Optional[Trainer] = None) -> List[Outcome]:
+  """Trains (or resumes) `configs[i]` in `workdirs[i]`, all at once; configs share one program_key.
+
+  One config trains unvmapped; several train vmapped. Members restored at different steps (e.g.
+  one added to a sweep later) train as separate groups, one per step. `trainer`, built for a
+  config of the same program_key, lends its device data and compiled programs.
+  """
+  if len({program_key(c) for c in configs}) != 1:
+    raise ValueError("train_and_evaluate_many needs configs that differ only in " + ", ".join(VMAPPED_FIELDS))
+  workdirs = [prepare(c, w) for c, w in zip(configs, workdirs)]
+  with contextlib.ExitStack() as owner:
+    for config, workdir in zip(configs, workdirs):  # Before anything is written or loaded.
+      owner.enter_context(run_folder.owned(config, workdir, chief=jax.process_index() == 0))
+    return _train_and_evaluate_owned(configs, workdirs, trainer)
+
+
+def _train_and_evaluate_owned(configs: Sequence, workdirs: Sequence[str], trainer: Optional[Trainer]):
+  """train_and_evaluate_many once this process owns the workdirs."""
+  if trainer is None:
+    trainer = Trainer(configs[0], vmapped=len(configs) > 1)
+  elif program_key(trainer.config) != program_key(configs[0]):
+    raise ValueError("the trainer was built for another program_key")
+  is_chief = jax.process_index() == 0
+  members: List[_Member] = []
+  try:
+    for config, workdir in zip(configs, workdirs):
+      members.append(_Member(config, workdir, is_chief))
+    abstract = trainer.abstract_state()
+    restored = [m.ckpt.restore_latest(abstract) for m in members]
+    by_step: Dict[int, List[int]] = {}
+    for i, (step, _) in enumerate(restored):
+      by_step.setdefault(step or 0, []).append(i)
+    outcomes: List[Optional[Outcome]] = [None] * len(configs)
+    for step, indices in sorted(by_step.items()):
+      group = [members[i] for i in indices]
+      group_configs = [m.config for m in group]
+      if step == 0:
+        if len(members) == 1:
+          logging.info("No checkpoint in %s: training starts from scratch", group[0].ckpt.directory)
+        else:
+          logging.info("%d member(s) start from scratch", len(group))
+        states = trainer.initial_states(group_configs)
+        for m in group:
+          m.train_writer.write_hparams(writers.flatten_hparams(m.config))
+      else:
+        if len(members) == 1:
+          logging.info("Resuming from step %d", step)
+        else:
+          logging.info("%d member(s) resume from step %d", len(group), step)
+        states = trainer.stack([restored[i][1] for i in indices], group_configs)
+      if is_chief:
+        for m in group:
+          run_folder.record_start(m.config, m.workdir, step, trainer.num_steps)
+      for i, outcome in zip(indices, _train(trainer, group, states, step)):
+        outcomes[i] = outcome
+    return outcomes
+  finally:
+    for m in members:
+      m.close()
+
+
+def _train(trainer: Trainer, members: List[_Member], states, step: int) -> List[Outcome]:
+  """The host loop over one group of members at `step`."""
+  config = members[0].config
+  num_steps = trainer.num_steps
+  single = len(members) == 1 and not trainer.vmapped
+  if step >= num_steps:
+    logging.info("Training already finished at step %d: evaluating only", step)
+    final = trainer.evaluate(states)
+    if single:
+      logging.info("Final evaluation at step %d: %s", step, _fmt(final[0]))
+    return [Outcome(m) for m in final]
+  for m in members:
+    m.last_saved = m.ckpt.steps()[0] if m.ckpt.steps() else None
+  member_keys = trainer.member_keys([m.config for m in members])
+  logging.info("Training %s%d steps (%d per epoch, batch %d, %s) on %d %s device(s)",
+               "" if single else f"{len(members)} members vmapped, ", num_steps, trainer.steps_per_epoch,
+               config.batch_size, "fused" if trainer.fused else "step by step", jax.device_count(),
+               jax.default_backend())
+  acc, window_start, window_time = None, step, time.perf_counter()
+  final: List[Optional[Dict[str, float]]] = [None] * len(members)
+  live = list(range(len(members)))
+  with preemption.stop_on_signals() as stop:
+    while step < num_steps and live:
+      # Step by step, one step per iteration, so a signal stops training after the current step.
+      end = next_boundary(step, num_steps, trainer.steps_per_epoch, config) if trainer.fused else step + 1
+      states, chunk = trainer.run_steps(states, step, end, member_keys)
+      acc = chunk if acc is None else acc.merge(chunk)
+      step = end
+      last = step == num_steps
+      if step % config.log_every_steps == 0 or last:
+        live = _check_finite(members, live, acc, window_start, step)
+        if not live:
+          break
+        rate = (step - window_start) / (time.perf_counter() - window_time)
+        values = _member_scalars(acc) if trainer.vmapped else [metrics_lib.scalars(acc)]
+        for i in live:
+          members[i].train_writer.write_scalars(step, {**values[i], "steps_per_sec": rate})
+        eta = format_eta((num_steps - step) / rate)
+        if single:
+          logging.info("step %d/%d | loss %.4f | accuracy %.4f | %.1f steps/s | ETA %s", step, num_steps,
+                       values[0]["loss"], values[0]["accuracy"], rate, eta)
+        else:
+          losses = np.array([v["loss"] for v in values])
+          logging.info("step %d/%d | %d members | loss %.4f (min %.4f, max %.4f) | %.1f steps/s | ETA %s",
+                       step, num_steps, len(values), np.nanmean(losses), np.nanmin(losses),
+                       np.nanmax(losses), rate, eta)
+        acc, window_start, window_time = None, step, time.perf_counter()
+      if step % config.eval_every_steps == 0 or last:
+        final = results = trainer.evaluate(states)
+        for i in live:
+          members[i].eval_writer.write_scalars(step, results[i])
+        if single:
+          logging.info("eval at step %d: %s", step, _fmt(results[0]))
+        else:
+          accuracies = [results[i]["accuracy"] for i in live]
+          logging.info("eval at step %d: accuracy %.4f (min %.4f, max %.4f) over %d live members", step,
+                       np.mean(accuracies), min(accuracies), max(accuracies), len(accuracies))
+      if step % config.checkpoint_every_steps == 0 or last or stop:
+        if acc is not None:
+          live = _check_finite(members, live, acc, window_start, step)
+          if not live:
+            break
+        for i in live:
+          members[i].ckpt.save(step, trainer.member(states, i))
+          members[i].last_saved = step
+      if stop and not last:
+        for m in members:
+          m.ckpt.wait()
+          m.flush()
+        where = f"checkpoint saved in {members[0].ckpt.directory}" if single else \
+            "checkpoints saved in each member's workdir"
+        raise errors.Interrupted(f"stopped by {stop.signal_name} at step {step}; {where}; "
+                                 "run the same command to resume")
+  if single and members[0].error is None:
+    logging.info("Final evaluation at step %d: %s", step, _fmt(final[0]))
+  never_evaluated = dict.fromkeys(("loss", "accuracy", "precision", "recall"), float("nan"))
+  return [Outcome(final[i] or never_evaluated, m.error) for i, m in enumerate(members)]
+
+
+def _check_finite(members: List[_Member], live: List[int], acc, window_start: int, step: int) -> List[int]:
+  """The members still live: one whose loss or gradients turned NaN/Inf stops being trained,
+  saved and logged (with runtime.halt_on_nan)."""
+  finite = np.atleast_1d(np.asarray(jax.device_get(acc.all_finite.compute())))
+  still = []
+  for i in live:
+    m = members[i]
+    if m.config.runtime.halt_on_nan and not finite[i]:
+      m.error = non_finite_message(window_start, step, m.last_saved, m.ckpt.directory)
+      if len(members) > 1:
+        logging.warning("member seed=%d learning_rate=%g: %s", m.config.seed, m.config.learning_rate, m.error)
+    else:
+      still.append(i)
+  return still
+
+
+def _fmt(values: Dict[str, float]) -> str:
+  return ", ".join(f"{k} {v:.4f}" for k, v in values.items())

@@ -118,9 +118,9 @@ def run_module(args, env=None, timeout=900):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
   """(workdir, final eval metrics) of one trained tiny run, shared read-only by the tests that read runs."""
-  from fmnist_jax import loop
+  from fmnist_jax import train
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
-  return workdir, loop.train_and_evaluate(tiny_config(), workdir)
+  return workdir, train.train_and_evaluate(tiny_config(), workdir)
 
 
 # config_checks refuses learning rates that diverge; tests of the NaN guard behind it switch the check off,

@@ -92,14 +92,14 @@ def test_augmentation_is_a_pure_function_of_the_key_and_off_is_identity():
 @pytest.mark.parametrize("field, value", [("flip", True), ("translate_pixels", 2), ("erase_probability", 0.5)])
 def test_training_step_augments_from_seed_and_step(fmnist, field, value):
   from fmnist_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import steps  # pylint: disable=g-import-not-at-top
   from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
   config = tiny_config(**{f"augment.{field}": value})
   batch = input_pipeline.gather_batch(fmnist["train"].images, fmnist["train"].labels, jnp.arange(20), 0, 20)
-  state = train.create_train_state(config, jax.random.PRNGKey(0))
-  step = jax.jit(lambda s, k: train.train_step(s, batch, k, config=config)[1].loss.compute())
-  plain = train.train_step(state, batch, train.derive_keys(0)[2], config=tiny_config())[1].loss.compute()
-  loss = step(state, train.derive_keys(0)[2])
-  assert float(loss) == float(step(state, train.derive_keys(0)[2]))  # Same (seed, step), same images.
+  state = steps.create_train_state(config, jax.random.PRNGKey(0))
+  step = jax.jit(lambda s, k: steps.train_step(s, batch, k, config=config)[1].loss.compute())
+  plain = steps.train_step(state, batch, steps.derive_keys(0)[2], config=tiny_config())[1].loss.compute()
+  loss = step(state, steps.derive_keys(0)[2])
+  assert float(loss) == float(step(state, steps.derive_keys(0)[2]))  # Same (seed, step), same images.
   assert float(loss) != float(plain)  # Augmented.
-  assert float(step(state.replace(step=state.step + 1), train.derive_keys(0)[2])) != float(loss)  # Other step.
+  assert float(step(state.replace(step=state.step + 1), steps.derive_keys(0)[2])) != float(loss)  # Other step.

@@ -10,7 +10,7 @@ import pytest
 from benchmarks import speed as benchmark
 from experiments import resnet_smoke
 from fmnist_jax import errors
-from fmnist_jax import loop
+from fmnist_jax import train
 from tests.conftest import run_module, tiny_config
 
 TINY_FLAGS = [  # tiny_config as command-line overrides.
@@ -76,7 +76,7 @@ def test_torch_reference_trains_the_same_model_on_the_same_batches():
 def test_fused_and_step_by_step_training_agree(conv_impl):
   # Fused and step-by-step training call the same compiled program (with 4 steps, or 4 times with
   # one), so one trainer serves both and compiles once.
-  trainer = loop.Trainer(tiny_config(**{"runtime.conv_impl": conv_impl}, batch_size=20))
+  trainer = train.Trainer(tiny_config(**{"runtime.conv_impl": conv_impl}, batch_size=20))
   results = {}
   for fused in (True, False):
     trainer.fused = fused

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from fmnist_jax import checkpoints
-from fmnist_jax import loop
 from fmnist_jax import run_folder
+from fmnist_jax import steps
 from fmnist_jax import train
 from tests.conftest import rolled_back_copy, tiny_config, unchecked_optimizer
 
@@ -19,7 +19,7 @@ DIVERGING_LR = 1e20  # Adam moves every weight by ~lr on its first step: the nex
 def final_params(workdir):
   """(step, params) of a workdir's newest checkpoint."""
   config = run_folder.load_config(workdir)
-  abstract = jax.eval_shape(lambda: train.create_train_state(config, jax.random.PRNGKey(0)).params)
+  abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.PRNGKey(0)).params)
   return checkpoints.Checkpointer(workdir, read_only=True).restore_params(abstract)
 
 
@@ -40,7 +40,7 @@ def members(tmp_path_factory):
              tiny_config(eval_every_steps=num_steps)]
   workdirs = [str(root / "diverging"), str(root / "tiny")]
   with unchecked_optimizer():
-    return configs, workdirs, loop.train_and_evaluate_many(configs, workdirs)
+    return configs, workdirs, train.train_and_evaluate_many(configs, workdirs)
 
 
 @pytest.mark.slow
@@ -71,7 +71,7 @@ def test_members_at_different_steps_resume_in_separate_groups(members, tmp_path,
   before = final_params(workdirs[1])[1]
   copies = [rolled_back_copy(workdirs[1], str(tmp_path / f"from{step}"), step) for step in (10, 20)]
   with caplog.at_level(logging.INFO):
-    outcomes = loop.train_and_evaluate_many([configs[1], configs[1]], copies)
+    outcomes = train.train_and_evaluate_many([configs[1], configs[1]], copies)
   assert "1 member(s) resume from step 10" in caplog.text and "1 member(s) resume from step 20" in caplog.text
   assert [o.error for o in outcomes] == [None, None]
   for copy in copies:
@@ -79,7 +79,7 @@ def test_members_at_different_steps_resume_in_separate_groups(members, tmp_path,
 
 
 def test_program_key_ignores_only_seed_and_optimizer_hyperparameters():
-  key = loop.program_key(tiny_config())
-  assert loop.program_key(tiny_config(seed=3, learning_rate=0.1, b1=0.5, b2=0.9, eps=1e-3)) == key
-  assert loop.program_key(tiny_config(batch_size=50)) != key
-  assert loop.program_key(tiny_config(**{"model.dense_features": 64})) != key
+  key = train.program_key(tiny_config())
+  assert train.program_key(tiny_config(seed=3, learning_rate=0.1, b1=0.5, b2=0.9, eps=1e-3)) == key
+  assert train.program_key(tiny_config(batch_size=50)) != key
+  assert train.program_key(tiny_config(**{"model.dense_features": 64})) != key

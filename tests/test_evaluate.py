@@ -59,7 +59,7 @@ def test_per_class_report_agrees_with_numpy_confusion_matrix(tiny_run, tmp_path)
   for name, expected in (("precision", precision), ("recall", recall), ("f1", f1)):
     np.testing.assert_allclose([float(r[name]) for r in rows], expected, atol=5e-5, err_msg=name)
   assert [int(r["support"]) for r in rows] == list(np.bincount(labels, minlength=10))
-  # The overall numbers are train.eval_step's, as training logged them.
+  # The overall numbers are steps.eval_step's, as training logged them.
   assert evaluation.metrics["accuracy"] == pytest.approx(tp.sum() / len(labels), abs=1e-6)
   assert evaluation.metrics["accuracy"] == pytest.approx(final["accuracy"], abs=1e-6)
   assert evaluation.metrics["loss"] == pytest.approx(final["loss"], rel=1e-5)

@@ -9,7 +9,7 @@ refactor that should change nothing, the refactor changed behaviour.
 
 import numpy as np
 
-from fmnist_jax import loop
+from fmnist_jax import train
 from tests.conftest import tiny_config
 
 # tiny_config(), seed 0, six steps one by one (CPU, float32); recorded with jax 0.10.2.
@@ -18,7 +18,7 @@ GOLDEN_GRAD_NORM = [1.688808, 1.806562, 1.315670, 1.407367, 1.697264, 1.334674]
 
 
 def test_first_steps_match_the_golden_loss_and_gradient_norm():
-  trainer = loop.Trainer(tiny_config())
+  trainer = train.Trainer(tiny_config())
   state, losses, grad_norms = trainer.initial_state(), [], []
   for step in range(len(GOLDEN_LOSS)):
     state, metrics = trainer.run_steps(state, step, step + 1)

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from fmnist_jax import optimizers
-from fmnist_jax import train
+from fmnist_jax import steps
 from tests.conftest import rolled_back_copy, tiny_config
 
 PARAMS = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}}
@@ -75,14 +75,14 @@ def test_gradient_clipping_bounds_the_update():
 
 def test_rate_sweep_with_a_schedule_shares_one_compiled_step(fmnist):
   from fmnist_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
   configs = [tiny_config(optimizer="adamw", weight_decay=wd, learning_rate=lr, schedule="warmup_cosine",
                          warmup_fraction=0.1, lr_start_factor=0.5) for lr, wd in ((1e-3, 1e-4), (3e-3, 1e-2))]
-  assert loop.program_key(configs[0]) == loop.program_key(configs[1])
+  assert train.program_key(configs[0]) == train.program_key(configs[1])
   batch = input_pipeline.gather_batch(fmnist["train"].images, fmnist["train"].labels, jnp.arange(100), 0, 100)
-  step = jax.jit(functools.partial(train.train_step, step_key=train.derive_keys(0)[2], config=configs[0]))
-  init = train.create_train_state(configs[0], jax.random.PRNGKey(0))
-  results = [step(train.with_config_hyperparams(init, c), batch)[0] for c in configs]
+  step = jax.jit(functools.partial(steps.train_step, step_key=steps.derive_keys(0)[2], config=configs[0]))
+  init = steps.create_train_state(configs[0], jax.random.PRNGKey(0))
+  results = [step(steps.with_config_hyperparams(init, c), batch)[0] for c in configs]
   assert step._cache_size() == 1  # pylint: disable=protected-access
   assert float(results[1].opt_state.hyperparams["weight_decay"]) == pytest.approx(1e-2)
   assert not np.array_equal(results[0].params["Dense_1"]["kernel"], results[1].params["Dense_1"]["kernel"])
@@ -92,8 +92,8 @@ def test_label_smoothing_is_the_smoothed_cross_entropy(fmnist):
   from fmnist_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config = tiny_config(label_smoothing=0.2)
   batch = input_pipeline.gather_batch(fmnist["train"].images, fmnist["train"].labels, jnp.arange(50), 0, 50)
-  state = train.create_train_state(config, jax.random.PRNGKey(0))
-  _, metrics = train.train_step(state, batch, train.derive_keys(0)[2], config=config)
+  state = steps.create_train_state(config, jax.random.PRNGKey(0))
+  _, metrics = steps.train_step(state, batch, steps.derive_keys(0)[2], config=config)
   logits = state.apply_fn({"params": state.params}, batch["image"])
   targets = 0.8 * jax.nn.one_hot(batch["label"], 10) + 0.02
   expected = -(targets * jax.nn.log_softmax(logits)).sum(-1).mean()
@@ -101,7 +101,7 @@ def test_label_smoothing_is_the_smoothed_cross_entropy(fmnist):
 
 
 def test_muon_orthogonalizes_kernels_and_gives_the_rest_to_adam_each_at_its_own_rate():
-  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
   params = {"Conv_0": {"kernel": jnp.zeros((3, 3, 4, 8))}, "Dense_0": {"kernel": jnp.zeros((12, 6)),
                                                                        "bias": jnp.zeros((6,))}}
@@ -112,7 +112,7 @@ def test_muon_orthogonalizes_kernels_and_gives_the_rest_to_adam_each_at_its_own_
     config = tiny_config(optimizer="muon", momentum=0.0, learning_rate=learning_rate,
                          adam_learning_rate=adam_learning_rate)
     tx = optimizers.create(config, 10)
-    return tx.update(grads, tx.init(params), params)[0], loop.program_key(config)
+    return tx.update(grads, tx.init(params), params)[0], train.program_key(config)
 
   updates, key = first_update(1.0, 0.01)
   for name, shape in (("Conv_0", (36, 8)), ("Dense_0", (12, 6))):
@@ -138,15 +138,15 @@ def test_muon_orthogonalizes_kernels_and_gives_the_rest_to_adam_each_at_its_own_
 def test_a_muon_run_checkpoints_and_resumes_bitwise(tmp_path):
   # Muon's state (a partition of Muon and Adam states, masked leaves included) round-trips through
   # the checkpoints: a run stopped at its mid-run checkpoint ends exactly where a straight run does.
-  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
   from tests.test_recipes import final_state  # pylint: disable=g-import-not-at-top
   from tests.test_reliability import assert_bitwise_equal  # pylint: disable=g-import-not-at-top
   config = tiny_config(optimizer="muon", learning_rate=0.02, adam_learning_rate=0.002, schedule="warmup_linear",
                        warmup_fraction=0.2, num_train_steps=20, eval_every_steps=20, **{"model.batch_norm": True})
   straight = str(tmp_path / "straight")
-  metrics = loop.train_and_evaluate(config, straight)
+  metrics = train.train_and_evaluate(config, straight)
   resumed = rolled_back_copy(straight, str(tmp_path / "resumed"), 10)
-  assert loop.train_and_evaluate(config, resumed) == metrics
+  assert train.train_and_evaluate(config, resumed) == metrics
   (step_a, a), (step_b, b) = final_state(straight), final_state(resumed)
   assert step_a == step_b == 20
   assert_bitwise_equal(a, b)

@@ -22,15 +22,15 @@ CONFIG_ARGS = {"batch_size": 96, "num_train_steps": STEPS, "eval_every_steps": S
 EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     import functools, json, sys
     import jax
-    from fmnist_jax import loop, train
+    from fmnist_jax import steps, train
     from tests.conftest import tiny_config
     root, config_args = sys.argv[1], json.loads(sys.argv[2])
     config = tiny_config(**config_args)
-    metrics = loop.train_and_evaluate(config, root + "/single")
-    outcomes = loop.train_and_evaluate_many(
+    metrics = train.train_and_evaluate(config, root + "/single")
+    outcomes = train.train_and_evaluate_many(
         [config, tiny_config(seed=1, **config_args)], [root + "/member0", root + "/member1"])
-    trainer = loop.Trainer(config)
-    step = jax.jit(functools.partial(train.train_steps, config=config, mesh=trainer.mesh))
+    trainer = train.Trainer(config)
+    step = jax.jit(functools.partial(steps.train_steps, config=config, mesh=trainer.mesh))
     hlo = step.lower(trainer.abstract_state(), trainer.train_images, trainer.train_labels,
                      jax.numpy.arange(trainer.num_train), trainer.step_key, 0, 1).compile().as_text()
     print(json.dumps({"devices": jax.device_count(), "metrics": metrics, "member0": outcomes[0].metrics,
@@ -50,10 +50,10 @@ def eight_device_runs(tmp_path_factory):
 def one_device_run(tmp_path_factory):
   import jax  # pylint: disable=g-import-not-at-top
 
-  from fmnist_jax import loop  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == 1
   workdir = str(tmp_path_factory.mktemp("one_device"))
-  return workdir, loop.train_and_evaluate(tiny_config(**CONFIG_ARGS), workdir)
+  return workdir, train.train_and_evaluate(tiny_config(**CONFIG_ARGS), workdir)
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ import pytest
 from fmnist_jax import CLASS_NAMES
 from fmnist_jax import errors
 from fmnist_jax import images
-from fmnist_jax import loop
 from fmnist_jax import predict
+from fmnist_jax import train
 from tests.conftest import REPO, run_module, tiny_config
 from tests.test_images import product_photo
 from tests.test_images import renderings
@@ -34,7 +34,7 @@ def narrow(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("narrow"))
   config = tiny_config(**{"model.conv_features": (4, 8), "model.kernel_size": (3, 3),
                           "model.dense_features": 16, "num_train_steps": 10})
-  final = loop.train_and_evaluate(config, workdir)
+  final = train.train_and_evaluate(config, workdir)
   for item in glob.glob(os.path.join(workdir, "checkpoints", "*", "train")):
     shutil.rmtree(item)
   return workdir, final

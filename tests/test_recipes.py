@@ -17,10 +17,10 @@ from fmnist_jax import checkpoints
 from fmnist_jax import errors
 from fmnist_jax import evaluate
 from fmnist_jax import input_pipeline
-from fmnist_jax import loop
 from fmnist_jax import models
 from fmnist_jax import predict
 from fmnist_jax import run_folder
+from fmnist_jax import steps
 from fmnist_jax import train
 from tests.conftest import data_dir, rolled_back_copy, run_module, with_overrides
 from tests.test_ensemble import METRIC_ATOL
@@ -37,7 +37,7 @@ def smoke_config(**overrides):
 
 def final_state(workdir):
   config = run_folder.load_config(workdir)
-  abstract = jax.eval_shape(functools.partial(train.create_train_state, config), jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(functools.partial(steps.create_train_state, config), jax.random.PRNGKey(0))
   return checkpoints.Checkpointer(workdir, read_only=True).restore_latest(abstract)
 
 
@@ -51,7 +51,7 @@ def assert_close(a, b, rtol=2e-4, atol=1e-4):
 def straight(tmp_path_factory):
   """(workdir, final metrics) of experiments/resnet_smoke.py trained without interruption."""
   workdir = str(tmp_path_factory.mktemp("straight"))
-  return workdir, loop.train_and_evaluate(smoke_config(), workdir)
+  return workdir, train.train_and_evaluate(smoke_config(), workdir)
 
 
 def batch_of(fmnist, n=32):
@@ -60,10 +60,10 @@ def batch_of(fmnist, n=32):
 
 def test_batch_statistics_change_in_training_and_not_in_evaluation(fmnist):
   config = smoke_config()
-  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  state = steps.create_train_state(config, jax.random.PRNGKey(0))
   assert state.batch_stats is not None and state.ema_params is not None
   batch = batch_of(fmnist)
-  trained, _ = jax.jit(functools.partial(train.train_step, config=config))(state, batch, train.derive_keys(0)[2])
+  trained, _ = jax.jit(functools.partial(steps.train_step, config=config))(state, batch, steps.derive_keys(0)[2])
   for before, after in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(trained.batch_stats)):
     assert not np.array_equal(before, after)
   variables = {"params": trained.params, "batch_stats": trained.batch_stats}
@@ -71,7 +71,7 @@ def test_batch_statistics_change_in_training_and_not_in_evaluation(fmnist):
   for before, after in zip(jax.tree.leaves(trained.batch_stats), jax.tree.leaves(updates["batch_stats"])):
     np.testing.assert_array_equal(before, after)
   eval_batch = {**batch, "mask": np.ones(len(batch["label"]), bool)}
-  eval_step = jax.jit(functools.partial(train.eval_step, tta=models.TTA(flip=True, shift_pixels=1)))
+  eval_step = jax.jit(functools.partial(steps.eval_step, tta=models.TTA(flip=True, shift_pixels=1)))
   first = eval_step(trained, eval_batch).compute()
   assert eval_step(trained, eval_batch).compute() == first  # No state to change.
 
@@ -104,23 +104,23 @@ def test_tta_averages_the_logits_of_the_image_its_shifts_and_mirrors(flip, shift
 
 def test_dropout_draws_from_seed_and_step(fmnist):
   config = smoke_config(**{"augment.flip": False, "augment.translate_pixels": 0, "augment.erase_probability": 0.0})
-  state, batch = train.create_train_state(config, jax.random.PRNGKey(0)), batch_of(fmnist)
-  step = jax.jit(lambda s, k: train.train_step(s, batch, k, config=config)[1].loss.compute())
-  key = train.derive_keys(0)[2]
+  state, batch = steps.create_train_state(config, jax.random.PRNGKey(0)), batch_of(fmnist)
+  step = jax.jit(lambda s, k: steps.train_step(s, batch, k, config=config)[1].loss.compute())
+  key = steps.derive_keys(0)[2]
   loss = float(step(state, key))
   assert float(step(state, key)) == loss
   assert float(step(state.replace(step=state.step + 1), key)) != loss
-  assert float(step(state, train.derive_keys(1)[2])) != loss
+  assert float(step(state, steps.derive_keys(1)[2])) != loss
   config.model.dropout_rate = 0.0
-  state = train.create_train_state(config, jax.random.PRNGKey(0))
-  no_dropout = jax.jit(lambda s, k: train.train_step(s, batch, k, config=config)[1].loss.compute())
+  state = steps.create_train_state(config, jax.random.PRNGKey(0))
+  no_dropout = jax.jit(lambda s, k: steps.train_step(s, batch, k, config=config)[1].loss.compute())
   assert float(no_dropout(state, key)) == float(no_dropout(state.replace(step=state.step + 1), key))
 
 
 def test_ema_is_the_bias_corrected_average_of_the_parameters_and_statistics(fmnist):
   config = smoke_config(ema_decay=0.5)
-  state = train.create_train_state(config, jax.random.PRNGKey(0))
-  step = jax.jit(functools.partial(train.train_step, batch=batch_of(fmnist), step_key=train.derive_keys(0)[2],
+  state = steps.create_train_state(config, jax.random.PRNGKey(0))
+  step = jax.jit(functools.partial(steps.train_step, batch=batch_of(fmnist), step_key=steps.derive_keys(0)[2],
                                    config=config))
   one, _ = step(state)
   two, _ = step(one)
@@ -167,7 +167,7 @@ def test_each_stage_first_block_strides_by_its_stage_stride(strides, sizes):
 def test_stop_and_resume_with_every_recipe_on_equals_straight_training_bitwise(straight, tmp_path):
   workdir = rolled_back_copy(straight[0], str(tmp_path / "resumed"), STEPS // 2)
   assert set(os.listdir(os.path.join(workdir, "checkpoints", str(STEPS // 2)))) >= {"params", "train", "model_state"}
-  resumed = loop.train_and_evaluate(smoke_config(), workdir)
+  resumed = train.train_and_evaluate(smoke_config(), workdir)
   (step_a, a), (step_b, b) = final_state(straight[0]), final_state(workdir)
   assert step_a == step_b == STEPS
   assert_bitwise_equal(a, b)
@@ -218,7 +218,7 @@ def test_predict_and_evaluate_use_batch_statistics_ema_and_tta(straight, fmnist)
 @pytest.mark.slow
 def test_vmapped_members_with_batch_norm_equal_single_runs(straight, tmp_path):
   workdirs = [str(tmp_path / "seed1"), str(tmp_path / "seed0")]
-  outcomes = loop.train_and_evaluate_many([smoke_config(seed=1, learning_rate=0.02), smoke_config()], workdirs)
+  outcomes = train.train_and_evaluate_many([smoke_config(seed=1, learning_rate=0.02), smoke_config()], workdirs)
   _, member = final_state(workdirs[1])
   _, single = final_state(straight[0])
   assert_close((member.params, member.batch_stats, member.ema_params),
@@ -231,10 +231,10 @@ def test_vmapped_members_with_batch_norm_equal_single_runs(straight, tmp_path):
 EIGHT_DEVICE_SCRIPT = """
 import json, sys
 import jax
-from fmnist_jax import loop
+from fmnist_jax import train
 from tests.test_recipes import smoke_config
 print(json.dumps({"devices": jax.device_count(),
-                  "metrics": loop.train_and_evaluate(smoke_config(batch_size=96), sys.argv[1])}))
+                  "metrics": train.train_and_evaluate(smoke_config(batch_size=96), sys.argv[1])}))
 """
 
 
@@ -245,8 +245,8 @@ def test_eight_devices_train_batch_norm_with_global_statistics_as_one_device(tmp
   assert r.returncode == 0, r.stderr[-3000:]
   report = json.loads(r.stdout.strip().splitlines()[-1])
   assert report["devices"] == 8
-  metrics = loop.train_and_evaluate(smoke_config(batch_size=96), str(tmp_path / "one"))
-  abstract = jax.eval_shape(functools.partial(train.create_train_state, smoke_config()), jax.random.PRNGKey(0))
+  metrics = train.train_and_evaluate(smoke_config(batch_size=96), str(tmp_path / "one"))
+  abstract = jax.eval_shape(functools.partial(steps.create_train_state, smoke_config()), jax.random.PRNGKey(0))
   eight, one = (checkpoints.Checkpointer(str(tmp_path / name), read_only=True).restore_model(
       abstract.params, checkpoints.model_state(abstract))[1] for name in ("eight", "one"))
   # Eight devices sum in another order than one; over the steps that reached 1.5e-4 on a 2-core CPU.

@@ -35,9 +35,9 @@ from fmnist_jax import checkpoints
 from fmnist_jax import config_checks
 from fmnist_jax import errors
 from fmnist_jax import images
-from fmnist_jax import loop
 from fmnist_jax import run_folder
 from fmnist_jax import runtime
+from fmnist_jax import steps
 from fmnist_jax import train
 from tests.conftest import REPO, tiny_config, UNCHECKED_OPTIMIZER_MAIN
 
@@ -119,7 +119,7 @@ def _no_stray_processes():
 def final_state(workdir):
   """(step, TrainState) of the newest good checkpoint of `workdir`, restored as training does."""
   config = run_folder.load_config(workdir)
-  abstract = jax.eval_shape(functools.partial(train.create_train_state, config), jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(functools.partial(steps.create_train_state, config), jax.random.PRNGKey(0))
   return checkpoints.Checkpointer(workdir, read_only=True).restore_latest(abstract)
 
 
@@ -137,7 +137,7 @@ def assert_bitwise_equal(expected, actual) -> None:
 
 def event_steps(logdir: str, tag: str) -> set:
   """Steps at which `tag` was written to the event files of `logdir` (a record cut short is ignored)."""
-  steps = set()
+  seen_steps = set()
   for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
     with open(path, "rb") as f:
       data = f.read()
@@ -149,9 +149,9 @@ def event_steps(logdir: str, tag: str) -> set:
         break
       event = event_pb2.Event.FromString(data[pos + 12:end])
       if any(v.tag == tag for v in event.summary.value):
-        steps.add(event.step)
+        seen_steps.add(event.step)
       pos = end + 4
-  return steps
+  return seen_steps
 
 
 def file_contents(root: str) -> dict:
@@ -334,7 +334,7 @@ def test_damaged_latest_checkpoint_falls_back_with_a_warning_and_keeps_every_fil
   before = file_contents(ckpt_dir)
 
   config = run_folder.load_config(workdir)
-  abstract = jax.eval_shape(functools.partial(train.create_train_state, config), jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(functools.partial(steps.create_train_state, config), jax.random.PRNGKey(0))
   # Predict's read-only restore skips the damaged step and changes nothing.
   assert checkpoints.Checkpointer(workdir, read_only=True).restore_params(abstract.params)[0] == restored_step
   assert file_contents(ckpt_dir) == before
@@ -456,7 +456,7 @@ def _under_a_file(tmp_path):
 def test_bad_config_is_one_line_before_any_work(tmp_path, overrides, field):
   workdir = str(tmp_path / "run")
   with pytest.raises(errors.ConfigError) as raised:
-    loop.train_and_evaluate(tiny_config(**overrides), workdir)
+    train.train_and_evaluate(tiny_config(**overrides), workdir)
   assert f"config.{field}=" in str(raised.value) and "\n" not in str(raised.value)
   assert not os.path.exists(workdir)
 
@@ -493,7 +493,7 @@ def test_config_checks_run_before_jax_flax_or_tensorflow_are_imported(tmp_path, 
 def test_unwritable_workdir_is_one_line(tmp_path):
   workdir = _under_a_file(tmp_path)
   with pytest.raises(errors.ConfigError, match="--workdir"):
-    loop.train_and_evaluate(tiny_config(), workdir)
+    train.train_and_evaluate(tiny_config(), workdir)
 
 
 @pytest.mark.parametrize("flags, env, expected", [

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from fmnist_jax import errors
-from fmnist_jax import loop
 from fmnist_jax import run_folder
+from fmnist_jax import train
 from tests.conftest import REPO, run_module, tiny_config
 
 NO_TF = {"PYTHONPATH": os.pathsep.join([os.path.join(REPO, "tests", "no_tensorflow"), REPO])}
@@ -67,7 +67,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_writes_nothing(tmp_pat
   with held_by_another_process(workdir) as pid:
     before = folder_contents(workdir)
     with pytest.raises(errors.ConfigError, match=rf"is being trained by process {pid} .*choose another --workdir"):
-      loop.train_and_evaluate(tiny_config(), workdir)
+      train.train_and_evaluate(tiny_config(), workdir)
     assert folder_contents(workdir) == before == [run_folder.LOCK_FILE]
   with run_folder.owned(tiny_config(), workdir):  # kill -9 left nothing stale ...
     with run_folder.owned(tiny_config(), workdir):  # ... and the owner may take it again.
@@ -123,13 +123,13 @@ def test_a_field_new_to_the_project_must_match_unless_listed(tmp_path, monkeypat
 @pytest.mark.slow
 def test_history_keeps_every_start_and_a_finished_rerun_rewrites_nothing(tmp_path):
   workdir = str(tmp_path / "run")
-  loop.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
   with pytest.raises(errors.CheckpointError, match="batch_size=100 \\(now 50\\)"):
-    loop.train_and_evaluate(tiny_config(num_train_steps=20, batch_size=50), workdir)
-  loop.train_and_evaluate(tiny_config(num_train_steps=20, learning_rate=3e-3), workdir)
+    train.train_and_evaluate(tiny_config(num_train_steps=20, batch_size=50), workdir)
+  train.train_and_evaluate(tiny_config(num_train_steps=20, learning_rate=3e-3), workdir)
   saved = (tmp_path / "run" / run_folder.CONFIG_FILE).read_bytes()
   history = (tmp_path / "run" / run_folder.HISTORY_FILE).read_bytes()
-  loop.train_and_evaluate(tiny_config(num_train_steps=5), workdir)  # Finished: evaluates only.
+  train.train_and_evaluate(tiny_config(num_train_steps=5), workdir)  # Finished: evaluates only.
   assert (tmp_path / "run" / run_folder.CONFIG_FILE).read_bytes() == saved
   assert (tmp_path / "run" / run_folder.HISTORY_FILE).read_bytes() == history
   records = run_folder.read_history(workdir)

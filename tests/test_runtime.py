@@ -13,12 +13,12 @@ from tests.conftest import data_dir, run_module, tiny_config
 _STEPS = """
 import hashlib, sys
 import jax
-from fmnist_jax import loop, run_folder, runtime
+from fmnist_jax import train, run_folder, runtime
 config = run_folder.default_config()
 config.runtime.retain_host_memory = sys.argv[1] == "1"
 config.data.source, config.data.idx_dirs = "idx", (sys.argv[2],)
 runtime.prepare_process(config.runtime)
-trainer = loop.Trainer(config)
+trainer = train.Trainer(config)
 state = trainer.initial_state()
 for step in range(7):
   state, _ = trainer.run_steps(state, step, step + 1)

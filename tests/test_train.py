@@ -14,8 +14,8 @@ from tensorboard.util import tensor_util
 from fmnist_jax import checkpoints
 from fmnist_jax import errors
 from fmnist_jax import input_pipeline
-from fmnist_jax import loop
 from fmnist_jax import run_folder
+from fmnist_jax import steps
 from fmnist_jax import train
 from tests.conftest import tiny_config, unchecked_optimizer
 
@@ -30,16 +30,16 @@ def read_scalars(logdir):
 
 def final_params(workdir):
   config = run_folder.load_config(workdir)
-  abstract = jax.eval_shape(lambda: train.create_train_state(config, jax.random.PRNGKey(0)).params)
+  abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.PRNGKey(0)).params)
   return checkpoints.Checkpointer(workdir, read_only=True).restore_params(abstract)
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch(fmnist):
   config = tiny_config()
-  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  state = steps.create_train_state(config, jax.random.PRNGKey(0))
   batch = input_pipeline.gather_batch(fmnist["train"].images, fmnist["train"].labels,
                                       jnp.arange(100), 0, 100)
-  step = jax.jit(functools.partial(train.train_step, step_key=train.derive_keys(0)[2], config=config))
+  step = jax.jit(functools.partial(steps.train_step, step_key=steps.derive_keys(0)[2], config=config))
   state, first = step(state, batch)
   for _ in range(20):
     state, last = step(state, batch)
@@ -50,10 +50,10 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(fmnist):
 @pytest.mark.slow
 def test_bfloat16_compute_learns_with_float32_parameters_and_adam_state(fmnist):
   batch = input_pipeline.gather_batch(fmnist["train"].images, fmnist["train"].labels, jnp.arange(100), 0, 100)
-  step = jax.jit(functools.partial(train.train_step, step_key=train.derive_keys(0)[2], config=tiny_config()))
-  start = train.create_train_state(tiny_config(), jax.random.PRNGKey(0))
+  step = jax.jit(functools.partial(steps.train_step, step_key=steps.derive_keys(0)[2], config=tiny_config()))
+  start = steps.create_train_state(tiny_config(), jax.random.PRNGKey(0))
   f32_state, _ = step(start, batch)
-  state, first = step(train.create_train_state(tiny_config(dtype="bfloat16"), jax.random.PRNGKey(0)), batch)
+  state, first = step(steps.create_train_state(tiny_config(dtype="bfloat16"), jax.random.PRNGKey(0)), batch)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves((state.params, state.opt_state))
              if jnp.issubdtype(leaf.dtype, jnp.floating))
   gap = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), state.params, f32_state.params)
@@ -65,11 +65,11 @@ def test_bfloat16_compute_learns_with_float32_parameters_and_adam_state(fmnist):
 
 def test_eval_step_ignores_masked_rows(fmnist):
   config = tiny_config()
-  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  state = steps.create_train_state(config, jax.random.PRNGKey(0))
   images = input_pipeline.to_float(fmnist["test"].images[:8])
   labels = fmnist["test"].labels[:8]
-  full = train.eval_step(state, {"image": images[:4], "label": labels[:4], "mask": np.ones(4, bool)})
-  padded = train.eval_step(state, {"image": images, "label": labels, "mask": np.arange(8) < 4})
+  full = steps.eval_step(state, {"image": images[:4], "label": labels[:4], "mask": np.ones(4, bool)})
+  padded = steps.eval_step(state, {"image": images, "label": labels, "mask": np.arange(8) < 4})
   for key, value in full.compute().items():
     np.testing.assert_allclose(padded.compute()[key], value, rtol=1e-6)
 
@@ -77,7 +77,7 @@ def test_eval_step_ignores_masked_rows(fmnist):
 @pytest.mark.slow
 def test_run_logs_evaluates_and_checkpoints_on_schedule(tmp_path):
   workdir = str(tmp_path / "run")
-  final = loop.train_and_evaluate(tiny_config(num_train_steps=25, eval_every_steps=10,
+  final = train.train_and_evaluate(tiny_config(num_train_steps=25, eval_every_steps=10,
                                                log_every_steps=10, checkpoint_every_steps=20), workdir)
   evals = read_scalars(os.path.join(workdir, "eval"))
   trains = read_scalars(os.path.join(workdir, "train"))
@@ -95,10 +95,10 @@ def test_run_logs_evaluates_and_checkpoints_on_schedule(tmp_path):
 @pytest.mark.slow
 def test_stop_and_resume_equals_straight_training_bitwise(tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  loop.train_and_evaluate(tiny_config(num_train_steps=30), straight)
-  loop.train_and_evaluate(tiny_config(num_train_steps=20), resumed)
+  train.train_and_evaluate(tiny_config(num_train_steps=30), straight)
+  train.train_and_evaluate(tiny_config(num_train_steps=20), resumed)
   assert checkpoints.Checkpointer(resumed, read_only=True).steps()[0] == 20
-  loop.train_and_evaluate(tiny_config(num_train_steps=30), resumed)
+  train.train_and_evaluate(tiny_config(num_train_steps=30), resumed)
   (step_a, a), (step_b, b) = final_params(straight), final_params(resumed)
   assert step_a == step_b == 30
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -110,9 +110,9 @@ def test_resume_crosses_an_epoch_boundary_with_the_same_data_order(tmp_path):
   # 60000 / 2000 = 30 steps per epoch: stop inside epoch 0 and resume into epoch 1.
   config = dict(batch_size=2000, num_train_steps=40, checkpoint_every_steps=10)
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  loop.train_and_evaluate(tiny_config(**config), straight)
-  loop.train_and_evaluate(tiny_config(**{**config, "num_train_steps": 20}), resumed)
-  loop.train_and_evaluate(tiny_config(**config), resumed)
+  train.train_and_evaluate(tiny_config(**config), straight)
+  train.train_and_evaluate(tiny_config(**{**config, "num_train_steps": 20}), resumed)
+  train.train_and_evaluate(tiny_config(**config), resumed)
   for x, y in zip(jax.tree.leaves(final_params(straight)[1]), jax.tree.leaves(final_params(resumed)[1])):
     np.testing.assert_array_equal(x, y)
 
@@ -120,8 +120,8 @@ def test_resume_crosses_an_epoch_boundary_with_the_same_data_order(tmp_path):
 @pytest.mark.slow
 def test_finished_run_rerun_only_evaluates(tmp_path):
   workdir = str(tmp_path / "run")
-  first = loop.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
-  again = loop.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  first = train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  again = train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
   assert again == pytest.approx(first)
   assert checkpoints.Checkpointer(workdir, read_only=True).steps() == [10]
 
@@ -129,18 +129,18 @@ def test_finished_run_rerun_only_evaluates(tmp_path):
 @pytest.mark.slow
 def test_workdir_of_another_model_is_refused(tmp_path):
   workdir = str(tmp_path / "run")
-  loop.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
   with pytest.raises(errors.CheckpointError, match="model.dense_features=32"):
-    loop.train_and_evaluate(tiny_config(**{"model.dense_features": 64}), workdir)
+    train.train_and_evaluate(tiny_config(**{"model.dense_features": 64}), workdir)
 
 
 @pytest.mark.slow
 def test_resume_takes_the_configs_learning_rate(tmp_path):
   workdir = str(tmp_path / "run")
-  loop.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
+  train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)
   _, before = final_params(workdir)
   with unchecked_optimizer():  # A zero rate is refused as a user's config; here it proves the rate is taken.
-    loop.train_and_evaluate(tiny_config(num_train_steps=20, learning_rate=0.0), workdir)
+    train.train_and_evaluate(tiny_config(num_train_steps=20, learning_rate=0.0), workdir)
   step, after = final_params(workdir)
   assert step == 20
   for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):

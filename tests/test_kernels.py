@@ -9,6 +9,7 @@ import pytest
 from experiments import resnet_smoke
 from fmnist_jax import config_checks
 from fmnist_jax import errors
+from fmnist_jax import kernels
 from fmnist_jax import models
 from fmnist_jax import runtime
 from tests.conftest import tiny_config
@@ -26,7 +27,7 @@ def _resnet(**overrides):
 def test_conv_impls_share_parameters_outputs_and_gradients(fmnist, make_config):
   xla = models.create_model(make_config(**{"runtime.conv_impl": "xla"}))
   im2col = models.create_model(make_config(**{"runtime.conv_impl": "im2col"}))
-  assert (xla.conv_impl, im2col.conv_impl) == ("xla", "im2col")
+  assert (xla.conv, im2col.conv) == (jax.lax.conv_general_dilated, kernels.im2col_conv)
   images = jnp.asarray(fmnist["test"].images[:8], jnp.float32) / 255.0
   labels = jnp.asarray(fmnist["test"].labels[:8])
   variables = xla.init(jax.random.PRNGKey(0), images[:1])
@@ -56,7 +57,7 @@ def test_im2col_conv_matches_xla_with_strides(kernel, strides, padding):
   w = jnp.asarray(rng.standard_normal((kernel, kernel, 3, 5)), jnp.float32)
   args = ((strides, strides), padding)
   expected = jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  np.testing.assert_allclose(models.im2col_conv(x, w, *args), expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(kernels.im2col_conv(x, w, *args), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape,window", [((3, 28, 28, 4), (2, 2)), ((2, 13, 11, 3), (3, 2))])
@@ -66,7 +67,7 @@ def test_strided_max_pool_matches_flax_bitwise_ties_included(shape, window):
   out_shape = (shape[0], shape[1] // window[0], shape[2] // window[1], shape[3])
   g = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
   pooled = lambda f: jax.jit(jax.value_and_grad(lambda x: jnp.vdot(f(x), g)))(x)
-  value, grad = pooled(lambda x: models.strided_max_pool(x, window))
+  value, grad = pooled(lambda x: kernels.strided_max_pool(x, window))
   ref_value, ref_grad = pooled(lambda x: nn.max_pool(x, window, strides=window))
   np.testing.assert_array_equal(value, ref_value)
   np.testing.assert_array_equal(grad, ref_grad)  # Each window's first maximum gets the gradient.
