@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from fmnist_jax import cli
 from fmnist_jax import errors
 from fmnist_jax import runtime
 
@@ -132,10 +133,10 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
-  runtime.prepare_process(FLAGS.config.runtime)  # Before any JAX work; PyTorch in the same process gets it too.
-  print(json.dumps(errors.exit_on_error(lambda: run(FLAGS.config, FLAGS.repeats))))
+  runtime.configure_process(FLAGS.config.runtime)  # Before any JAX work; PyTorch in the same process gets it too.
+  print(json.dumps(run(FLAGS.config, FLAGS.repeats)))
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run_app(main)

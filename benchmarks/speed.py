@@ -22,6 +22,7 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
+from fmnist_jax import cli
 from fmnist_jax import config_checks
 from fmnist_jax import errors
 from fmnist_jax import input_pipeline
@@ -167,10 +168,10 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
-  runtime.prepare_process(FLAGS.config.runtime)  # Before any JAX work; PyTorch in the same process gets it too.
-  print(json.dumps(errors.exit_on_error(lambda: run(FLAGS.config, FLAGS.steps, FLAGS.compare))))
+  runtime.configure_process(FLAGS.config.runtime)  # Before any JAX work; PyTorch in the same process gets it too.
+  print(json.dumps(run(FLAGS.config, FLAGS.steps, FLAGS.compare)))
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run_app(main)

@@ -96,7 +96,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
   from fmnist_jax import runtime  # pylint: disable=g-import-not-at-top
-  runtime.prepare_process(FLAGS.config.runtime)  # Before any JAX work, as the sweep CLI (compilation cache included).
+  runtime.configure_process(FLAGS.config.runtime)  # Before any JAX work, as the sweep CLI (compilation cache included).
   import jax  # pylint: disable=g-import-not-at-top
   config, steps = FLAGS.config, FLAGS.steps
   seeds = list(range(FLAGS.num_seeds))

@@ -28,6 +28,7 @@ from absl import logging  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
+from fmnist_jax import cli  # pylint: disable=g-import-not-at-top
 from fmnist_jax import config_checks  # pylint: disable=g-import-not-at-top
 from fmnist_jax import errors  # pylint: disable=g-import-not-at-top
 from fmnist_jax import runtime  # pylint: disable=g-import-not-at-top
@@ -95,9 +96,9 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
-  runtime.prepare_process(FLAGS.config.runtime)
-  baseline = errors.exit_on_error(lambda: run(FLAGS.baseline, 1)) if FLAGS.baseline else None
-  result = errors.exit_on_error(lambda: run(FLAGS.config, FLAGS.seeds))
+  runtime.configure_process(FLAGS.config.runtime)
+  baseline = run(FLAGS.baseline, 1) if FLAGS.baseline else None
+  result = run(FLAGS.config, FLAGS.seeds)
   if baseline is not None:
     result["baseline"] = baseline
     result["train_s_ratio"] = round(result["train_s_mean"] / baseline["train_s_mean"], 4)
@@ -107,4 +108,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run_app(main)

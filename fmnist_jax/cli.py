@@ -5,13 +5,25 @@ import importlib.util
 import os
 import re
 import sys
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
+from absl import app
 from absl import flags
 
 from fmnist_jax import errors
+from fmnist_jax import preemption
 
 HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")  # absl's: each prints usage and exits.
+
+
+def run_app(main: Callable[[List[str]], Any], flags_parser: Optional[Callable] = None,
+            help_modules: Sequence[str] = ()) -> None:
+  """The one way every command line runs: a signal before training exits at once (75), `--help`
+  lists `help_modules`' flags, and a user error in flags or in `main` is one `error:` line and its
+  exit code (errors.reported)."""
+  preemption.exit_at_once()
+  show_in_help(*help_modules)
+  app.run(errors.reported(main), flags_parser=errors.reported(flags_parser or parse_flags))
 
 
 def show_in_help(*module_names: str) -> None:

@@ -1,5 +1,6 @@
 """Errors a user can cause, reported at the edge as one line, and the process exit codes."""
 
+import functools
 import sys
 from typing import Callable, NoReturn, TypeVar
 
@@ -47,13 +48,18 @@ def fail(message: str, code: int) -> NoReturn:
   sys.exit(code)
 
 
-def exit_on_error(run: Callable[[], T]) -> T:
-  """run(); an error with a known cause ends the process with one line and its exit code."""
-  try:
-    return run()
-  except UserError as e:
-    fail(str(e), EXIT_USER_ERROR)
-  except NonFiniteLossError as e:
-    fail(str(e), EXIT_NON_FINITE)
-  except Interrupted as e:
-    fail(str(e), EXIT_INTERRUPTED)
+def reported(fn: Callable[..., T]) -> Callable[..., T]:
+  """`fn`, with an error of known cause ending the process in one line and its exit code."""
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except UserError as e:
+      fail(str(e), EXIT_USER_ERROR)
+    except NonFiniteLossError as e:
+      fail(str(e), EXIT_NON_FINITE)
+    except Interrupted as e:
+      fail(str(e), EXIT_INTERRUPTED)
+
+  return wrapper

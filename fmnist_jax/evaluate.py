@@ -12,7 +12,6 @@ import functools
 import os
 from typing import Dict, List
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
@@ -20,7 +19,6 @@ import numpy as np
 import fmnist_jax
 from fmnist_jax import checkpoints
 from fmnist_jax import cli
-from fmnist_jax import errors
 from fmnist_jax import input_pipeline
 from fmnist_jax import metrics as metrics_lib
 from fmnist_jax import models
@@ -134,9 +132,9 @@ def write_report(evaluation: Evaluation, out_dir: str, num_mistakes: int) -> Lis
 def main(argv):
   del argv  # cli.parse_flags refused positional arguments.
   out = FLAGS.out or os.path.join(FLAGS.workdir, "evaluation")
-  errors.exit_on_error(lambda: cli.check_output_folder("--out", out))
-  evaluation = errors.exit_on_error(lambda: evaluate_workdir(FLAGS.workdir))
-  paths = errors.exit_on_error(lambda: write_report(evaluation, out, FLAGS.num_mistakes))
+  cli.check_output_folder("--out", out)
+  evaluation = evaluate_workdir(FLAGS.workdir)
+  paths = write_report(evaluation, out, FLAGS.num_mistakes)
   m = evaluation.metrics
   print(f"{FLAGS.workdir} at step {evaluation.step}, {len(evaluation.test.labels)} test images: "
         f"accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, precision {m['precision']:.4f}, "
@@ -155,8 +153,7 @@ def define_flags() -> None:
 def run() -> None:
   """The `fmnist-evaluate` console script."""
   define_flags()
-  cli.show_in_help(__name__)
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_app(main, help_modules=[__name__])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ import logging as std_logging
 import os
 from typing import Optional
 
-from absl import app
 from absl import flags
 from absl import logging
 import ml_collections
@@ -13,7 +12,6 @@ from ml_collections import config_flags
 from fmnist_jax import cli
 from fmnist_jax import config_checks
 from fmnist_jax import errors
-from fmnist_jax import preemption
 from fmnist_jax import runtime
 
 FLAGS = flags.FLAGS
@@ -47,7 +45,7 @@ def parse_flags(argv):
   --config.FIELD as AttributeError: absl would print a traceback.
   """
   if not cli.asks_for_help(argv):
-    config = errors.exit_on_error(lambda: load_config_file(_flag_value(argv, "config")))
+    config = load_config_file(_flag_value(argv, "config"))
     argv = cli.last_flag_wins(argv, "config", lambda field: _field_type(config, field) is bool)
   try:
     return cli.parse_flags(argv, more_help=config_fields)
@@ -103,10 +101,10 @@ def config_fields() -> str:
           "(override with --config.FIELD=VALUE):\n" + "\n".join(lines))
 
 
-def prepare_process() -> None:
+def setup_process() -> None:
   """Before any JAX work (shared with fmnist_jax.sweep): quiet logs, the runtime settings, joining the hosts."""
   quiet_library_logs()
-  runtime.prepare_process(FLAGS.config.runtime)
+  runtime.configure_process(FLAGS.config.runtime)
   if FLAGS.distributed:
     import jax  # pylint: disable=g-import-not-at-top
     try:  # Coordinator, process count and id come from the cluster: Cloud TPU, SLURM, Open MPI, k8s.
@@ -119,17 +117,15 @@ def prepare_process() -> None:
 
 def main(argv):
   del argv  # parse_flags refused positional arguments.
-  errors.exit_on_error(lambda: config_checks.validate(FLAGS.config))  # Before JAX and TensorFlow load.
-  prepare_process()
+  config_checks.validate(FLAGS.config)  # Before JAX and TensorFlow load.
+  setup_process()
   from fmnist_jax import train  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
-  errors.exit_on_error(lambda: train.train_and_evaluate(FLAGS.config, FLAGS.workdir))
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 def run() -> None:
   """The `fmnist-train` console script."""
-  preemption.exit_at_once()
-  cli.show_in_help(__name__)
-  app.run(main, flags_parser=parse_flags)
+  cli.run_app(main, parse_flags, help_modules=[__name__])
 
 
 if __name__ == "__main__":

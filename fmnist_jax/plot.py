@@ -6,7 +6,6 @@ import os
 import sys
 import types
 
-from absl import app
 from absl import flags
 
 from fmnist_jax import cli
@@ -28,13 +27,12 @@ def define_flags() -> None:
 
 def main(argv):
   del argv  # cli.parse_flags refused positional arguments.
-  from fmnist_jax import errors  # pylint: disable=g-import-not-at-top  # After flags: keeps --help fast.
   from fmnist_jax import plotting  # pylint: disable=g-import-not-at-top
   out = FLAGS.out or os.path.join(FLAGS.workdir, "plots")
-  errors.exit_on_error(lambda: cli.check_output_folder("--out", out))
+  cli.check_output_folder("--out", out)
   metrics = FLAGS.metrics or plotting.CURVE_METRICS
-  runs = errors.exit_on_error(lambda: plotting.load_runs(FLAGS.workdir))
-  paths = errors.exit_on_error(lambda: plotting.write_curves(runs, out, metrics))
+  runs = plotting.load_runs(FLAGS.workdir)
+  paths = plotting.write_curves(runs, out, metrics)
   rows = plotting.final_table(runs, metrics)
   paths.append(plotting.write_final_table(rows, os.path.join(out, "final.csv")))
   print(plotting.format_final_table(rows))
@@ -44,8 +42,7 @@ def main(argv):
 def run() -> None:
   """The `fmnist-plot` console script."""
   define_flags()
-  cli.show_in_help(__name__)
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_app(main, help_modules=[__name__])
 
 
 if __name__ == "__main__":

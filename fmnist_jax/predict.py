@@ -20,7 +20,6 @@ import os
 import sys
 from typing import Tuple
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -155,8 +154,7 @@ def main(argv):
 def run() -> None:
   """The `fmnist-predict` console script."""
   define_flags()
-  cli.show_in_help(__name__)
-  app.run(main, flags_parser=cli.parse_flags_and_paths)
+  cli.run_app(main, cli.parse_flags_and_paths, help_modules=[__name__])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 `config.runtime` holds them (defaults: `get_config()`). Every "auto" is resolved here, once,
 against the backend (`resolve`), and the process is prepared before JAX starts a backend
-(`prepare_process`: host allocator, deterministic GPU kernels, compilation cache). The rest of the
+(`configure_process`: host allocator, deterministic GPU kernels, compilation cache). The rest of the
 code reads the resolved `Runtime`, never the raw fields.
 
 Measured choices behind "auto" (2-core CPU and one H200; numbers in docs/performance.md):
@@ -144,7 +144,7 @@ def use_compilation_cache(runtime_config) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def prepare_process(runtime_config) -> None:
+def configure_process(runtime_config) -> None:
   """Applies what must precede JAX's first computation. Every entry point calls it after parsing flags."""
   if runtime_config.retain_host_memory:
     if retain_freed_memory():

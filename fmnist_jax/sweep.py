@@ -26,7 +26,6 @@ import re
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 from absl import logging
 import ml_collections
@@ -34,7 +33,6 @@ import ml_collections
 from fmnist_jax import cli
 from fmnist_jax import config_checks
 from fmnist_jax import errors
-from fmnist_jax import preemption
 from fmnist_jax import run_folder
 
 RESULT_FILE = "sweep_result.json"  # In each point's workdir once it finished.
@@ -359,20 +357,18 @@ def main(argv):
   # Points trained one by one load, not compile, their programs.
   if flag_values.config.runtime.compilation_cache_dir is None:
     flag_values.config.runtime.compilation_cache_dir = os.path.join(os.path.abspath(flag_values.workdir), CACHE_SUBDIR)
-  errors.exit_on_error(lambda: plan(flag_values.config, flag_values.sweep, flag_values.workdir))  # Before JAX.
+  plan(flag_values.config, flag_values.sweep, flag_values.workdir)  # Before JAX.
   from fmnist_jax import main as train_cli  # pylint: disable=g-import-not-at-top
-  train_cli.prepare_process()
-  errors.exit_on_error(lambda: run_sweep(flag_values.config, flag_values.sweep, flag_values.workdir,
-                                         flag_values.vmap_members, parse_part(flag_values.part)))
+  train_cli.setup_process()
+  run_sweep(flag_values.config, flag_values.sweep, flag_values.workdir, flag_values.vmap_members,
+            parse_part(flag_values.part))
 
 
 def run() -> None:
   """The `fmnist-sweep` console script."""
   from fmnist_jax import main as train_cli  # pylint: disable=g-import-not-at-top  # --config, --workdir, --distributed.
-  preemption.exit_at_once()
   _define_flags()
-  cli.show_in_help(__name__, train_cli.__name__)
-  app.run(main, flags_parser=train_cli.parse_flags)
+  cli.run_app(main, train_cli.parse_flags, help_modules=[__name__, train_cli.__name__])
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ def non_finite_message(window_start: int, step: int, last_saved: Optional[int], 
           f"{where}. Lower learning_rate, or set runtime.halt_on_nan=False to continue anyway")
 
 
-def prepare(config, workdir: str) -> str:
+def _checked_workdir(config, workdir: str) -> str:
   """Checks `config` before any work starts; returns the absolute workdir."""
   config_checks.validate(config, jax.device_count())
   runtime.use_compilation_cache(config.runtime)
@@ -255,7 +255,7 @@ def train_and_evaluate_many(configs: Sequence, workdirs: Sequence[str],
   """
   if len({program_key(c) for c in configs}) != 1:
     raise ValueError("train_and_evaluate_many needs configs that differ only in " + ", ".join(VMAPPED_FIELDS))
-  workdirs = [prepare(c, w) for c, w in zip(configs, workdirs)]
+  workdirs = [_checked_workdir(c, w) for c, w in zip(configs, workdirs)]
   with contextlib.ExitStack() as owner:
     for config, workdir in zip(configs, workdirs):  # Before anything is written or loaded.
       owner.enter_context(run_folder.owned(config, workdir, chief=jax.process_index() == 0))

@@ -17,7 +17,7 @@ from fmnist_jax import train, run_folder, runtime
 config = run_folder.default_config()
 config.runtime.retain_host_memory = sys.argv[1] == "1"
 config.data.source, config.data.idx_dirs = "idx", (sys.argv[2],)
-runtime.prepare_process(config.runtime)
+runtime.configure_process(config.runtime)
 trainer = train.Trainer(config)
 state = trainer.initial_state()
 for step in range(7):
