@@ -18,11 +18,10 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+import fmnist_jax
 from fmnist_jax import cli
 from fmnist_jax import errors
 from fmnist_jax import runtime
-
-IMAGE_SHAPE = (28, 28, 1)  # Fashion-MNIST, NHWC without the batch.
 
 
 class Op(NamedTuple):
@@ -46,7 +45,7 @@ def layer_ops(config) -> List[Op]:
   m, batch = config.model, config.batch_size
   rng = np.random.default_rng(0)
   normal = lambda *shape: rng.standard_normal(shape, np.float32)
-  (height, width, channels), ops = IMAGE_SHAPE, []
+  (height, width, channels), ops = fmnist_jax.IMAGE_SHAPE, []
   kh, kw = m.kernel_size
   for i, features in enumerate(m.conv_features):
     x, w, dy = normal(batch, height, width, channels), normal(kh, kw, channels, features), normal(

@@ -2,7 +2,8 @@
 
 Each step is stored as two items: `params` and `train` (step and optimizer state), plus a third,
 `model_state` (BatchNorm statistics, EMA of parameters and statistics), only for models that have such state.
-Prediction reads `params` and `model_state`, so a shipped model can omit the optimizer state.
+Evaluation and prediction read `params` and `model_state` (`restore_for_inference`), so a shipped model
+can omit the optimizer state.
 A step that fails to restore (a truncated file, missing metadata, an interrupted save) is
 reported and skipped for the newest step that restores; nothing is ever deleted to recover
 (training renames the skipped steps `<step>.unrestorable`, so that it can save them anew).
@@ -12,17 +13,24 @@ steps committed before it stay intact.
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging as std_logging
 import os
 import re
 import sys
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from absl import logging
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
 from fmnist_jax import errors
+from fmnist_jax import inference
+from fmnist_jax import models
+from fmnist_jax import run_folder
+from fmnist_jax import steps
 
 CHECKPOINT_SUBDIR = "checkpoints"
 MODEL_STATE = "model_state"  # The item of the TrainState fields below, saved when any is present.
@@ -216,3 +224,41 @@ class Checkpointer:
       self.wait()
     finally:
       self._manager.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A workdir's newest restorable model, ready to apply."""
+
+  config: ml_collections.ConfigDict  # The run's saved config (today's defaults for fields it predates).
+  step: int  # Training step of the restored checkpoint.
+  apply_fn: Callable  # The model's `apply`, with the arithmetic of this backend's runtime.
+  variables: dict  # `inference_variables` of the checkpoint: EMA weights and statistics where kept.
+  model_state: dict  # The checkpoint's model state items (batch_stats, ema_params, ema_batch_stats).
+  params: Any  # The checkpoint's own parameters.
+  tta: inference.TTA  # The config's test-time augmentation.
+  skipped: List[str]  # The newer steps that did not restore, each "step N: reason".
+
+
+def restore_for_inference(workdir: str) -> Restored:
+  """Reads `workdir`'s config and its newest checkpoint that restores (parameters and model state;
+  the optimizer state is never read, so a shipped model may omit it)."""
+  config = run_folder.load_config(workdir)
+  try:
+    model = models.create_model(config)
+    abstract_params, abstract_model_state = jax.eval_shape(
+        functools.partial(steps.init_variables, config), jax.random.PRNGKey(0))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    raise errors.CheckpointError(
+        f"{run_folder.config_path(workdir)} does not describe a model ({type(e).__name__}: {e}); restore the "
+        "config.json the run was trained with") from e
+  ckpt = Checkpointer(workdir, read_only=True)
+  try:
+    step, (params, model_state) = ckpt.restore_model(
+        abstract_params, {k: v for k, v in abstract_model_state.items() if v is not None})
+    skipped = list(ckpt.failures)
+  finally:
+    ckpt.close()
+  return Restored(config=config, step=step, apply_fn=model.apply,
+                  variables=inference.inference_variables(params, **model_state), model_state=model_state,
+                  params=params, tta=inference.tta_of(config), skipped=skipped)

@@ -1,6 +1,6 @@
 """Checks a config before any work starts, so a bad one costs one line, not a crashed run.
 
-Imports nothing from JAX, Flax or TensorFlow: the command line checks a config before it loads them.
+Runs before a JAX backend starts or TensorFlow loads (the command lines call it first).
 """
 
 import math
@@ -8,19 +8,28 @@ import numbers
 import os
 from typing import Optional
 
+import fmnist_jax
 from fmnist_jax import errors
 from fmnist_jax import runtime
 
 DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("auto", "tfds", "idx")
-TRAIN_EXAMPLES = 60_000  # Size of the Fashion-MNIST training split.
-IMAGE_SIZE = 28  # Height and width of a Fashion-MNIST image (input_pipeline.IMAGE_SHAPE).
 # The elementwise flax.linen activations config.model.activation may name (models.py looks them up there).
 ACTIVATIONS = ("celu", "elu", "gelu", "hard_sigmoid", "hard_silu", "hard_swish", "hard_tanh", "leaky_relu",
                "log_sigmoid", "relu", "relu6", "selu", "sigmoid", "silu", "soft_sign", "softplus", "swish", "tanh")
 MAX_LEARNING_RATE = 1.0  # Exclusive: Adam steps this large only diverge.
 MODEL_NAMES = ("cnn", "resnet")  # config.model.name: the seed's CNN, or models.resnet_config()'s family.
-OPTIMIZERS = ("adam", "adamw", "sgd", "muon")  # config.optimizer (fmnist_jax/optimizers.py).
+# config.optimizer (fmnist_jax/optimizers.py) -> the config fields that become arrays in its optimizer
+# state. The one declaration: members of a sweep may differ in them (train.VMAPPED_FIELDS) and a
+# resume may change them (run_folder.RESUME_SAFE), both derived from it.
+OPTIMIZER_HYPERPARAMS = {
+    "adam": ("learning_rate", "b1", "b2", "eps"),
+    "adamw": ("learning_rate", "b1", "b2", "eps", "weight_decay"),
+    "sgd": ("learning_rate", "momentum", "weight_decay"),
+    "muon": ("learning_rate", "adam_learning_rate", "momentum", "b1", "b2", "eps", "weight_decay"),
+}
+OPTIMIZERS = tuple(OPTIMIZER_HYPERPARAMS)
+HYPERPARAM_FIELDS = tuple(dict.fromkeys(name for names in OPTIMIZER_HYPERPARAMS.values() for name in names))
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "one_cycle")  # config.schedule.
 
 
@@ -88,13 +97,14 @@ def check_model(config) -> None:
   if not isinstance(model.batch_norm, bool):
     raise errors.ConfigError(f"config.model.batch_norm={model.batch_norm!r} must be True or False")
   _in_range(model, "model.", "batch_norm_momentum", 0.0, 1.0)
-  size = [IMAGE_SIZE, IMAGE_SIZE]
+  size = list(fmnist_jax.IMAGE_SHAPE[:2])
   for _ in model.conv_features:  # Each conv keeps the size (SAME); its pool divides it (stride = window).
     size = [s // p for s, p in zip(size, model.pool_size)]
   if min(size) < 1:
     raise errors.ConfigError(
         f"config.model.pool_size={tuple(model.pool_size)!r} after each of the {len(model.conv_features)} convs "
-        f"leaves no pixel of the {IMAGE_SIZE}x{IMAGE_SIZE} images; use a smaller window or fewer conv_features")
+        f"leaves no pixel of the {'x'.join(map(str, fmnist_jax.IMAGE_SHAPE[:2]))} images; use a smaller "
+        "window or fewer conv_features")
 
 
 def validate(config, num_devices: Optional[int] = None) -> None:
@@ -117,8 +127,9 @@ def validate(config, num_devices: Optional[int] = None) -> None:
   check_runtime(config.runtime, process=num_devices is not None)
   if config.data.source not in DATA_SOURCES:
     raise errors.ConfigError(f"config.data.source={config.data.source!r} must be one of {DATA_SOURCES}")
-  if config.batch_size > TRAIN_EXAMPLES:
-    raise errors.ConfigError(f"config.batch_size={config.batch_size} exceeds the {TRAIN_EXAMPLES} "
+  if config.batch_size > fmnist_jax.SPLIT_SIZES["train"]:
+    raise errors.ConfigError(f"config.batch_size={config.batch_size} exceeds the "
+                             f"{fmnist_jax.SPLIT_SIZES['train']} "
                              "training images; use a smaller batch")
   for name in ("batch_size", "eval_batch_size"):
     if num_devices is not None and config[name] % num_devices:

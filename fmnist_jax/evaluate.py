@@ -19,11 +19,10 @@ import numpy as np
 import fmnist_jax
 from fmnist_jax import checkpoints
 from fmnist_jax import cli
+from fmnist_jax import inference
 from fmnist_jax import input_pipeline
 from fmnist_jax import metrics as metrics_lib
-from fmnist_jax import models
 from fmnist_jax import plotting
-from fmnist_jax import run_folder
 from fmnist_jax import steps
 
 FLAGS = flags.FLAGS
@@ -39,11 +38,11 @@ class Evaluation:
   test: input_pipeline.Split
 
 
-def _evaluate_batch(state, batch, tta: models.TTA):
+def _evaluate_batch(state, batch, tta: inference.TTA):
   """steps.eval_step's metrics plus the softmax and confusion counts (XLA shares the forward pass)."""
   batch = input_pipeline.to_float_batch(batch)
-  variables = models.inference_variables(state.params, state.batch_stats, state.ema_params, state.ema_batch_stats)
-  logits = models.inference_logits(state.apply_fn, variables, batch["image"], tta)
+  variables = inference.inference_variables(state.params, state.batch_stats, state.ema_params, state.ema_batch_stats)
+  logits = inference.inference_logits(state.apply_fn, variables, batch["image"], tta)
   confusion = metrics_lib.ConfusionMatrix.from_model_output(
       logits=logits, labels=batch["label"], mask=batch["mask"])
   return steps.eval_step(state, batch, tta=tta), confusion, jax.nn.softmax(logits)
@@ -52,25 +51,21 @@ def _evaluate_batch(state, batch, tta: models.TTA):
 def evaluate_workdir(workdir: str) -> Evaluation:
   """Restores `workdir`'s newest parameters (and model state) and evaluates them on the test split
   of its config.data, as evaluation during training did (its test-time augmentation included)."""
-  config = run_folder.load_config(workdir)
-  abstract = jax.eval_shape(functools.partial(steps.create_train_state, config), jax.random.PRNGKey(0))
-  ckpt = checkpoints.Checkpointer(workdir, read_only=True)
-  try:
-    step, (params, model_state) = ckpt.restore_model(abstract.params, checkpoints.model_state(abstract))
-  finally:
-    ckpt.close()
-  # eval_step needs no optimizer.
-  state = abstract.replace(step=step, params=params, opt_state=None, **model_state)
+  restored = checkpoints.restore_for_inference(workdir)
+  config = restored.config
+  # eval_step reads the model and its state, never an optimizer.
+  state = steps.TrainState(step=restored.step, apply_fn=restored.apply_fn, params=restored.params, tx=None,
+                           opt_state=None, **restored.model_state)
   test = input_pipeline.load_dataset(config.data)["test"]
   batches = input_pipeline.padded_batches(test, config.eval_batch_size)
-  evaluate_batch = jax.jit(functools.partial(_evaluate_batch, tta=models.tta_of(config)))
+  evaluate_batch = jax.jit(functools.partial(_evaluate_batch, tta=restored.tta))
   metrics, confusion, probabilities = None, None, []
   for i in range(len(batches["label"])):
     m, c, p = evaluate_batch(state, jax.tree.map(lambda x, i=i: x[i], batches))
     metrics = m if metrics is None else metrics.merge(m)
     confusion = c if confusion is None else confusion.merge(c)
     probabilities.append(p)
-  return Evaluation(step=step, metrics=metrics_lib.scalars(metrics),
+  return Evaluation(step=restored.step, metrics=metrics_lib.scalars(metrics),
                     confusion=np.asarray(confusion.compute()),
                     probabilities=np.concatenate(jax.device_get(probabilities))[:len(test.labels)], test=test)
 

@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import fmnist_jax
 from fmnist_jax import errors
 from fmnist_jax import tf_compat
 
-IMAGE_SHAPE = (28, 28, 1)
-SPLITS = ("train", "test")
+SPLITS = tuple(fmnist_jax.SPLIT_SIZES)
 _IDX_FILES = {  # split -> (images, labels) file stems of the original release.
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -79,7 +79,7 @@ def load_idx_dir(folder: str) -> Dict[str, Split]:
       images, labels = (_read_idx(p) for p in paths)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
       raise errors.DataError(f"{folder}: cannot read the IDX files ({e}); replace them with the originals") from e
-    if images.shape[1:] != IMAGE_SHAPE[:2] or len(images) != len(labels):
+    if images.shape[1:] != fmnist_jax.IMAGE_SHAPE[:2] or len(images) != len(labels):
       raise errors.DataError(f"{folder}: {split} images {images.shape} do not match labels {labels.shape}")
     out[split] = Split(images[..., None], labels.astype(np.int32))
   return out
@@ -109,6 +109,13 @@ def load_tfds(data_dir: Optional[str], manual_dir: Optional[str]) -> Dict[str, S
   return out
 
 
+def _check_sizes(data: Dict[str, Split]) -> None:
+  for split, size in fmnist_jax.SPLIT_SIZES.items():
+    if len(data[split].labels) != size or len(data[split].images) != size:
+      raise ValueError(f"its {split} split holds {len(data[split].labels)} labels and {len(data[split].images)} "
+                       f"images, Fashion-MNIST's {size}: truncated or not Fashion-MNIST")
+
+
 def load_dataset(data_config) -> Dict[str, Split]:
   """Returns {'train', 'test'} Splits in canonical order, or raises DataError naming every place tried."""
   tried = []
@@ -126,6 +133,7 @@ def load_dataset(data_config) -> Dict[str, Split]:
   for name, load in sources:
     try:
       data = load()
+      _check_sizes(data)
     except Exception as e:  # pylint: disable=broad-except  # TFDS raises many kinds; all mean "try the next".
       first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
       logging.warning("Fashion-MNIST not loaded from %s: %s", name, first_line)

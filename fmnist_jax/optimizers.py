@@ -2,7 +2,8 @@
 
 The peak learning rate (and the optimizer's other numeric hyperparameters) live in the optimizer
 state through `optax.inject_hyperparams`, so members that differ only in them share one compiled
-program; a schedule is a fixed multiplier of that peak (`scale_by_schedule`), part of the program.
+program (which fields: config_checks.OPTIMIZER_HYPERPARAMS); a schedule is a fixed multiplier of
+that peak (`scale_by_schedule`), part of the program.
 The base config (Adam, constant rate, no clipping or decay) is exactly
 `inject_hyperparams(optax.adam)`, the state that checkpoints of the seed hold.
 """
@@ -11,12 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# Config fields that become arrays in the optimizer state (those the chosen optimizer uses).
-HYPERPARAMS = {"adam": ("learning_rate", "b1", "b2", "eps"),
-               "adamw": ("learning_rate", "b1", "b2", "eps", "weight_decay"),
-               "sgd": ("learning_rate", "momentum", "weight_decay"),
-               "muon": ("learning_rate", "adam_learning_rate", "momentum", "b1", "b2", "eps", "weight_decay")}
-ALL_HYPERPARAMS = ("learning_rate", "adam_learning_rate", "b1", "b2", "eps", "weight_decay", "momentum")
+from fmnist_jax import config_checks
 
 
 def _cosine(start: float, end: float, steps: int):
@@ -97,4 +93,5 @@ def create(config, num_steps: int) -> optax.GradientTransformation:
     def adam(learning_rate, b1, b2, eps):
       return optax.chain(*head, optax.scale_by_adam(b1=b1, b2=b2, eps=eps), *tail(learning_rate))
     factory = adam
-  return optax.inject_hyperparams(factory)(**{name: config[name] for name in HYPERPARAMS[config.optimizer]})
+  hyperparams = config_checks.OPTIMIZER_HYPERPARAMS[config.optimizer]  # The factory's arguments, in its state.
+  return optax.inject_hyperparams(factory)(**{name: config[name] for name in hyperparams})

@@ -17,7 +17,7 @@ from matplotlib import figure
 import numpy as np
 from PIL import Image
 
-from fmnist_jax import config_checks
+import fmnist_jax
 from fmnist_jax import errors
 from fmnist_jax import run_folder
 
@@ -100,7 +100,7 @@ def load_run(path: str, name: Optional[str] = None) -> Run:
     raise errors.UserError(f"no scalar summaries in {path}/train or {path}/eval event files; train the run "
                            "(or let it reach its first log step) before plotting")
   return Run(name=name or os.path.basename(os.path.normpath(path)),
-             steps_per_epoch=config_checks.TRAIN_EXAMPLES // config.batch_size, scalars=scalars,
+             steps_per_epoch=fmnist_jax.SPLIT_SIZES["train"] // config.batch_size, scalars=scalars,
              experiment=experiment(config))
 
 

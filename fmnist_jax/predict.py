@@ -13,7 +13,6 @@ Batches are padded to a power of two (at most the config's eval_batch_size, larg
 chunks of it), so a process compiles once per bucket, not once per distinct batch size.
 """
 
-import functools
 import importlib.resources
 import json
 import os
@@ -30,9 +29,7 @@ from fmnist_jax import CLASS_NAMES
 from fmnist_jax import cli
 from fmnist_jax import errors
 from fmnist_jax import images as images_lib
-from fmnist_jax import models
-from fmnist_jax import run_folder
-from fmnist_jax import steps
+from fmnist_jax import inference
 
 
 class Predictor:
@@ -43,26 +40,14 @@ class Predictor:
     if not os.path.isdir(self.workdir):
       raise errors.CheckpointError(f"--workdir={workdir} is not a folder; point it at a trained run "
                                    "(or leave it out for the shipped model)")
-    self.config = run_folder.load_config(self.workdir)
-    try:
-      model = models.create_model(self.config)
-      # The training state's layout says which model state the checkpoint holds (as in evaluate).
-      abstract = jax.eval_shape(functools.partial(steps.create_train_state, self.config), jax.random.PRNGKey(0))
-      tta = models.tta_of(self.config)
-      self.max_batch = int(self.config.eval_batch_size)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-      raise errors.CheckpointError(
-          f"{run_folder.config_path(self.workdir)} does not describe a model ({type(e).__name__}: "
-          f"{e}); restore the config.json the run was trained with") from e
-    ckpt = checkpoints.Checkpointer(self.workdir, read_only=True)
-    try:
-      self.step, (self.params, model_state) = ckpt.restore_model(abstract.params, checkpoints.model_state(abstract))
-      self.skipped = ckpt.failures  # The newer steps that did not restore, each "step N: reason".
-    finally:
-      ckpt.close()
-    self.variables = models.inference_variables(self.params, **model_state)
+    restored = checkpoints.restore_for_inference(self.workdir)
+    self.config, self.step, self.params = restored.config, restored.step, restored.params
+    self.skipped = restored.skipped  # The newer steps that did not restore, each "step N: reason".
+    self.variables = restored.variables
+    self.max_batch = int(self.config.eval_batch_size)
+    apply_fn, tta = restored.apply_fn, restored.tta
     self._probabilities = jax.jit(
-        lambda variables, x: jax.nn.softmax(models.inference_logits(model.apply, variables, x, tta)))
+        lambda variables, x: jax.nn.softmax(inference.inference_logits(apply_fn, variables, x, tta)))
 
   def bucket(self, n: int) -> int:
     """The padded batch size for n images: the next power of two, capped at max_batch."""

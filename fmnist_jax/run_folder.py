@@ -14,10 +14,11 @@ import fcntl
 import importlib.metadata
 import json
 import os
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import ml_collections
 
+from fmnist_jax import config_checks
 from fmnist_jax import errors
 from fmnist_jax import runtime
 
@@ -30,7 +31,7 @@ VERSIONED_PACKAGES = ("jax", "flax", "optax", "orbax-checkpoint")  # Their versi
 # field must match the saved run, including fields added to the project later, until listed here.
 RESUME_SAFE = (
     # Optimizer hyperparameters live in the optimizer state: a resume takes the config's.
-    "learning_rate", "b1", "b2", "eps", "weight_decay", "momentum",
+    *config_checks.HYPERPARAM_FIELDS,
     "eval_flip_tta", "eval_tta_shift_pixels",  # How evaluation reads the model, not how it trains.
     "num_epochs", "num_train_steps",  # Train longer; a run already past the end only evaluates.
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep", "eval_batch_size",
@@ -51,12 +52,30 @@ def default_config() -> ml_collections.ConfigDict:
   return base.get_config()
 
 
+def write_atomically(path: str, write: Callable[[str], Any]) -> None:
+  """write(temporary path), then rename: a kill mid-write cannot leave a truncated file, and another
+  process (sharing a sweep folder) never reads a half-written one."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+  """`text` into `path`, atomically."""
+
+  def write(tmp: str) -> None:
+    with open(tmp, "w") as f:
+      f.write(text)
+
+  write_atomically(path, write)
+
+
 def save_config(config, workdir: str) -> None:
-  """Writes a temporary file and renames it: a kill mid-write cannot leave a truncated config."""
-  path = config_path(workdir)
-  with open(path + ".tmp", "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + ".tmp", path)
+  write_text(config_path(workdir), config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _merged(defaults: Dict[str, Any], saved: Dict[str, Any]) -> Dict[str, Any]:

@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import fmnist_jax
 from fmnist_jax import augment
-from fmnist_jax import config_checks
+from fmnist_jax import inference
 from fmnist_jax import input_pipeline
 from fmnist_jax import metrics as metrics_lib
 from fmnist_jax import models
@@ -32,12 +33,6 @@ class TrainState(train_state.TrainState):
 # --- State and steps (pure; jitted where they are called) -------------------------------------
 
 
-def create_optimizer(config) -> optax.GradientTransformation:
-  """The config's optimizer (fmnist_jax/optimizers.py), its hyperparameters in the state so that
-  changing them needs no recompilation; schedules span the run's training steps."""
-  return optimizers.create(config, num_train_steps(config, config_checks.TRAIN_EXAMPLES))
-
-
 def derive_keys(seed: int) -> tuple:
   """(init_key, shuffle_key, step_key) of a run; one derivation, so vmapped members match single
   runs. A step's augmentation and dropout draw from fold_in(step_key, step)."""
@@ -45,16 +40,23 @@ def derive_keys(seed: int) -> tuple:
   return jax.random.fold_in(rng, 0), jax.random.fold_in(rng, 1), jax.random.fold_in(rng, 2)
 
 
-def create_train_state(config, rng: jax.Array, runtime=None) -> TrainState:
-  """Fresh parameters, model state and optimizer state; `runtime` (a resolved
-  fmnist_jax.runtime.Runtime) picks the layer arithmetic, default: resolved for JAX's default backend."""
-  model = models.create_model(config, runtime)
-  variables = model.init(rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE, jnp.float32))
+def init_variables(config, rng: jax.Array) -> tuple:
+  """(params, model state) of a fresh model: the state's fields are TrainState's beyond the
+  parameters, None (an empty tree) where the config has none."""
+  variables = models.create_model(config).init(rng, jnp.zeros((1,) + fmnist_jax.IMAGE_SHAPE, jnp.float32))
   params = variables["params"]
-  batch_stats = variables.get("batch_stats")  # None (an empty tree) for a model without BatchNorm.
+  batch_stats = variables.get("batch_stats")  # None for a model without BatchNorm.
   ema_params, ema_batch_stats = jax.tree.map(jnp.copy, (params, batch_stats)) if config.ema_decay else (None, None)
-  return TrainState.create(apply_fn=model.apply, params=params, tx=create_optimizer(config), batch_stats=batch_stats,
-                           ema_params=ema_params, ema_batch_stats=ema_batch_stats)
+  return params, {"batch_stats": batch_stats, "ema_params": ema_params, "ema_batch_stats": ema_batch_stats}
+
+
+def create_train_state(config, rng: jax.Array, runtime=None) -> TrainState:
+  """Fresh parameters, model state and optimizer state (its schedule spans the run's steps);
+  `runtime` (a resolved fmnist_jax.runtime.Runtime) picks the layer arithmetic, default: resolved
+  for JAX's default backend (initial values do not depend on it)."""
+  params, model_state = init_variables(config, rng)
+  return TrainState.create(apply_fn=models.create_model(config, runtime).apply, params=params,
+                           tx=optimizers.create(config, num_train_steps(config)), **model_state)
 
 
 def with_config_hyperparams(state: TrainState, config) -> TrainState:
@@ -110,10 +112,10 @@ def train_step(state: TrainState, batch, step_key, *, config) -> tuple:
       loss=loss, logits=logits, labels=labels, grad_norm=optax.tree.norm(grads))
 
 
-def eval_step(state: TrainState, batch, *, tta: models.TTA = models.TTA()) -> metrics_lib.EvalMetrics:
+def eval_step(state: TrainState, batch, *, tta: inference.TTA = inference.TTA()) -> metrics_lib.EvalMetrics:
   """Metrics of a masked batch, without gradients, the logits averaged over the views of `tta`."""
-  variables = models.inference_variables(state.params, state.batch_stats, state.ema_params, state.ema_batch_stats)
-  logits = models.inference_logits(state.apply_fn, variables, batch["image"], tta)
+  variables = inference.inference_variables(state.params, state.batch_stats, state.ema_params, state.ema_batch_stats)
+  logits = inference.inference_logits(state.apply_fn, variables, batch["image"], tta)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   return metrics_lib.EvalMetrics.single_from_model_output(
       loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"])
@@ -143,13 +145,14 @@ def train_steps(state, images, labels, perm, step_key, start_index, num_steps, *
   return jax.lax.fori_loop(1, num_steps, body, (state, acc))
 
 
-def evaluate_batches(state, batches, *, tta: models.TTA, mesh):
+def evaluate_batches(state, batches, *, tta: inference.TTA, mesh):
   """EvalMetrics over all of `batches` [num_batches, B, ...] in one compiled call."""
   per_batch = jax.lax.map(lambda b: eval_step(
       state, parallel.shard_batch(mesh, input_pipeline.to_float_batch(b)), tta=tta), batches)
   return per_batch.reduce()
 
 
-def num_train_steps(config, num_train_examples: int) -> int:
-  steps_per_epoch = num_train_examples // config.batch_size
+def num_train_steps(config) -> int:
+  """config.num_train_steps, or num_epochs epochs of the training split (a partial batch is dropped)."""
+  steps_per_epoch = fmnist_jax.SPLIT_SIZES["train"] // config.batch_size
   return config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch

@@ -208,13 +208,6 @@ def parse_part(text: str) -> Tuple[int, int]:
   return int(match.group(1)), int(match.group(2))
 
 
-def _write_atomically(path: str, write) -> None:
-  """write(tmp_path), then rename: processes sharing a sweep never read a half-written file."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  write(tmp)
-  os.replace(tmp, path)
-
-
 def _finished_records(points: Sequence[Point]) -> List[dict]:
   return [r for r in map(_finished, points) if r is not None]
 
@@ -249,19 +242,14 @@ def run_sweep(base: ml_collections.ConfigDict, sweep_path: str, workdir: str,
       logging.info("Training %s (%s)", ", ".join(p.name for p in todo), "vmapped" if len(todo) > 1 else "alone")
       for record in _train_group(todo, trainers):
         if is_chief:
-          _write_atomically(os.path.join(os.path.abspath(workdir), record["name"], RESULT_FILE),
-                            lambda tmp, record=record: _write_json(tmp, record))
+          run_folder.write_text(os.path.join(os.path.abspath(workdir), record["name"], RESULT_FILE),
+                                json.dumps(record, indent=2))
       if is_chief:
         write_results(workdir, _finished_records(points))
   records = _finished_records(points)
   if is_chief and records:
     write_results(workdir, records)
   return records
-
-
-def _write_json(path: str, record: dict) -> None:
-  with open(path, "w") as f:
-    json.dump(record, f, indent=2)
 
 
 # --- Results ----------------------------------------------------------------------------------
@@ -314,9 +302,9 @@ def write_results(workdir: str, records: Sequence[dict]) -> None:
     with open(path, "w") as f:
       f.write(text)
 
-  _write_atomically(os.path.join(workdir, "results.csv"), write_csv)
-  _write_atomically(os.path.join(workdir, "results.md"), write_md)
-  _write_atomically(os.path.join(workdir, "results.png"), lambda path: _plot(path, records))
+  run_folder.write_atomically(os.path.join(workdir, "results.csv"), write_csv)
+  run_folder.write_atomically(os.path.join(workdir, "results.md"), write_md)
+  run_folder.write_atomically(os.path.join(workdir, "results.png"), lambda path: _plot(path, records))
 
 
 def _plot(path: str, records: Sequence[dict]) -> None:

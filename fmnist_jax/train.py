@@ -26,10 +26,9 @@ import numpy as np
 from fmnist_jax import checkpoints
 from fmnist_jax import config_checks
 from fmnist_jax import errors
+from fmnist_jax import inference
 from fmnist_jax import input_pipeline
 from fmnist_jax import metrics as metrics_lib
-from fmnist_jax import models
-from fmnist_jax import optimizers
 from fmnist_jax import parallel
 from fmnist_jax import preemption
 from fmnist_jax import run_folder
@@ -39,7 +38,7 @@ from fmnist_jax import writers
 
 # The config fields members of one program may differ in: the seed, and the hyperparameters that
 # are arrays in the optimizer state (those an optimizer does not use change nothing).
-VMAPPED_FIELDS = ("seed",) + optimizers.ALL_HYPERPARAMS
+VMAPPED_FIELDS = ("seed",) + config_checks.HYPERPARAM_FIELDS
 
 
 def program_key(config) -> str:
@@ -66,7 +65,7 @@ def _member(tree, i: int):
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def _evaluate_members(states, batches, *, tta: models.TTA, mesh):
+def _evaluate_members(states, batches, *, tta: inference.TTA, mesh):
   """EvalMetrics [N], one member at a time: vmapped, the activations of eval_batch_size images
   grew N-fold (10 GB for 4 base-config members on the CPU)."""
   return jax.lax.map(lambda state: steps.evaluate_batches(state, batches, tta=tta, mesh=mesh), states)
@@ -93,7 +92,7 @@ class Trainer:
     data = input_pipeline.load_dataset(config.data)
     self.num_train = num_train = len(data["train"].labels)
     self.steps_per_epoch = num_train // config.batch_size
-    self.num_steps = steps.num_train_steps(config, num_train)
+    self.num_steps = steps.num_train_steps(config)
     self.train_images, self.train_labels = parallel.put_replicated(
         mesh, (data["train"].images, data["train"].labels))
     self.test_batches = parallel.put_replicated(
@@ -106,7 +105,7 @@ class Trainer:
     self._init = jit(functools.partial(steps.create_train_state, config, runtime=self.runtime),
                      out_shardings=replicated)
     train_steps = functools.partial(steps.train_steps, config=config, mesh=mesh)
-    tta = models.tta_of(config)
+    tta = inference.tta_of(config)
     permutation = functools.partial(input_pipeline.epoch_permutation, num_examples=num_train)
     if vmapped:
       self._stack = jit(_stack, out_shardings=replicated)

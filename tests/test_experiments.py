@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import fmnist_jax
 from fmnist_jax import config_checks
-from fmnist_jax import input_pipeline
 from fmnist_jax import models
 
 CONFIGS = [("base", ()), ("speedrun", ()), ("best", ()), ("best", ("cpu",)), ("resnet_smoke", ())]
@@ -18,7 +18,7 @@ def test_experiment_config_is_valid_and_builds_its_model(name, args):
   config = importlib.import_module(f"fmnist_jax.experiments.{name}").get_config(*args)
   config_checks.validate(config, 1)
   variables = jax.eval_shape(lambda: models.create_model(config).init(
-      jax.random.PRNGKey(0), jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE)))
+      jax.random.PRNGKey(0), jnp.zeros((1,) + fmnist_jax.IMAGE_SHAPE)))
   assert ("batch_stats" in variables) == bool(config.model.get("batch_norm"))
 
 

@@ -10,9 +10,9 @@ from PIL import Image
 from PIL import ImageFile
 import pytest
 
+import fmnist_jax
 from fmnist_jax import errors
 from fmnist_jax import images
-from fmnist_jax import input_pipeline
 
 
 def encode(array_or_image, fmt="PNG", **kwargs) -> bytes:
@@ -48,7 +48,7 @@ def renderings(x: np.ndarray) -> dict:
 def test_dataset_images_load_pixel_for_pixel(fmnist):
   for x in fmnist["test"].images[:200, ..., 0]:
     out = images.load_image(encode(x))
-    assert out.shape == input_pipeline.IMAGE_SHAPE and out.dtype == np.float32
+    assert out.shape == fmnist_jax.IMAGE_SHAPE and out.dtype == np.float32
     np.testing.assert_array_equal(out[..., 0], x.astype(np.float32) / 255.0)
 
 

@@ -16,6 +16,7 @@ from fmnist_jax import augment
 from fmnist_jax import checkpoints
 from fmnist_jax import errors
 from fmnist_jax import evaluate
+from fmnist_jax import inference
 from fmnist_jax import input_pipeline
 from fmnist_jax import models
 from fmnist_jax import predict
@@ -71,7 +72,7 @@ def test_batch_statistics_change_in_training_and_not_in_evaluation(fmnist):
   for before, after in zip(jax.tree.leaves(trained.batch_stats), jax.tree.leaves(updates["batch_stats"])):
     np.testing.assert_array_equal(before, after)
   eval_batch = {**batch, "mask": np.ones(len(batch["label"]), bool)}
-  eval_step = jax.jit(functools.partial(steps.eval_step, tta=models.TTA(flip=True, shift_pixels=1)))
+  eval_step = jax.jit(functools.partial(steps.eval_step, tta=inference.TTA(flip=True, shift_pixels=1)))
   first = eval_step(trained, eval_batch).compute()
   assert eval_step(trained, eval_batch).compute() == first  # No state to change.
 
@@ -85,8 +86,8 @@ def test_tta_averages_the_logits_of_the_image_its_shifts_and_mirrors(flip, shift
     assert not train
     return x.reshape(len(x), -1) @ variables["params"]
 
-  tta = models.TTA(flip=flip, shift_pixels=shift_pixels)
-  views = models.tta_views(images, tta)
+  tta = inference.TTA(flip=flip, shift_pixels=shift_pixels)
+  views = inference.tta_views(images, tta)
   assert len(views) == num_views
   np.testing.assert_array_equal(views[0], images)
   expected = [images]
@@ -96,7 +97,7 @@ def test_tta_averages_the_logits_of_the_image_its_shifts_and_mirrors(flip, shift
   for view in expected:  # Each expected view is among the views, and so is its mirror when flipping.
     assert any(np.array_equal(view, v) for v in views)
     assert flip == any(np.array_equal(view[:, :, ::-1], v) for v in views)
-  logits = models.inference_logits(apply_fn, {"params": weights}, images, tta)
+  logits = inference.inference_logits(apply_fn, {"params": weights}, images, tta)
   np.testing.assert_allclose(logits, np.mean([apply_fn({"params": weights}, v, False) for v in views], 0), rtol=1e-5)
   if num_views > 1:
     assert not np.allclose(logits, apply_fn({"params": weights}, images, False))
@@ -134,11 +135,11 @@ def test_ema_is_the_bias_corrected_average_of_the_parameters_and_statistics(fmni
 
 def test_evaluation_applies_the_averaged_statistics_with_the_averaged_weights():
   params, stats, ema_params, ema_stats = ({"w": np.full(2, i, np.float32)} for i in range(4))
-  live = models.inference_variables(params, stats)
+  live = inference.inference_variables(params, stats)
   assert live["params"] is params and live["batch_stats"] is stats
-  averaged = models.inference_variables(params, stats, ema_params, ema_stats)
+  averaged = inference.inference_variables(params, stats, ema_params, ema_stats)
   assert averaged["params"] is ema_params and averaged["batch_stats"] is ema_stats
-  assert set(models.inference_variables(params, None, ema_params)) == {"params"}
+  assert set(inference.inference_variables(params, None, ema_params)) == {"params"}
 
 
 def test_wide_resnet_16_4_has_the_published_size():
