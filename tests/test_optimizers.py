@@ -151,3 +151,12 @@ def test_a_muon_run_checkpoints_and_resumes_bitwise(tmp_path):
   assert step_a == step_b == 20
   assert_bitwise_equal(a, b)
   assert metrics["accuracy"] > 0.5  # It learned (a 20-step tiny CNN; chance is 0.1).
+  # Adam's rate (biases, BatchNorm) lives in the optimizer state: a resume may change it and trains on with it.
+  changed = rolled_back_copy(straight, str(tmp_path / "changed"), 10)
+  faster = config.copy_and_resolve_references()
+  faster.adam_learning_rate = 0.02
+  train.train_and_evaluate(faster, changed)
+  _, c = final_state(changed)
+  assert float(c.opt_state.hyperparams["adam_learning_rate"]) == np.float32(0.02)
+  assert float(b.opt_state.hyperparams["adam_learning_rate"]) == np.float32(0.002)
+  assert not np.array_equal(jax.tree.leaves(c.params)[0], jax.tree.leaves(b.params)[0])
