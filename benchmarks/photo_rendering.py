@@ -56,8 +56,8 @@ def main(argv):
   offsets = np.random.default_rng(FLAGS.seed).integers(0, [canvas[0] - side + 1, canvas[1] - side + 1],
                                                        size=(len(x), 2))
   plain = predictor.probabilities(x[..., None].astype(np.float32) / 255.0).argmax(1)
-  result = {"workdir": FLAGS.workdir or "pretrained", "step": predictor.step, "num_images": len(x), "scale": FLAGS.scale,
-            "canvas": canvas, "quality": FLAGS.quality, "seed": FLAGS.seed,
+  result = {"workdir": FLAGS.workdir or "pretrained", "step": predictor.step, "num_images": len(x),
+            "scale": FLAGS.scale, "canvas": canvas, "quality": FLAGS.quality, "seed": FLAGS.seed,
             "plain_accuracy": float(np.mean(plain == labels)), "photo_accuracy": {}}
   for background in (int(b) for b in FLAGS.backgrounds):
     loaded = np.stack([images.load_image(render(xi, scale=FLAGS.scale, canvas=canvas, offset=o,
