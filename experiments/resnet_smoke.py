@@ -1,5 +1,11 @@
 """A tiny ResNet with every recipe component on (BatchNorm, dropout, augmentation, schedule, label
-smoothing, EMA, flip TTA): seconds to train, for tests and as an example of a resnet config."""
+smoothing, EMA, flip TTA): seconds to train, for tests and as an example of a resnet config.
+
+  python -m fmnist_jax.main --config=experiments/resnet_smoke.py --workdir=runs/resnet_smoke
+
+Expected: 20 steps in seconds on a CPU and a checkpoint with BatchNorm statistics and an EMA; its
+accuracy is not a result (no record: tests/test_recipes.py checks what it exercises).
+"""
 
 from fmnist_jax import models
 from fmnist_jax.experiments import base

@@ -7,7 +7,7 @@ white) were trimmed to the article, fitted with the longest side to 28 pixels, c
 1. Transparency: a transparent pixel is background, so it ends black whatever else happens.
 2. Polarity: the backdrop is the ring of outermost pixels (transparent ones seen as white, as a
    viewer shows a cut-out product photo). If the ring's mean is light (> 0.5), the image is a photo
-   and is negated. The rule holds for every one of the 70,000 dataset images.
+   and is negated. No dataset image is negated (all 70,000 are tested in tests/test_images.py).
 3. Geometry: a 28×28 image is taken as framed like the dataset and kept pixel for pixel. Any other
    size has its backdrop level subtracted, is trimmed to the article, fitted and centred.
 

@@ -16,7 +16,7 @@ def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
   """`lax.conv_general_dilated` for NHWC/HWIO as shifted (strided) slices + one matmul.
 
   For fused steps on the CPU: XLA:CPU runs a convolution inside a loop body (lax.fori_loop/map)
-  through a slow generic kernel (jax-ml/jax#12868; measured >30x slower here), a matmul it runs
+  through a slow generic kernel (jax-ml/jax#12868; docs/performance.md), a matmul it runs
   well. Outside loops XLA's own convolution is faster. The kernel keeps its [kh, kw, in, out]
   shape, so checkpoints are interchangeable. (`lax.conv_general_dilated_patches` is no substitute:
   it is itself a convolution, with kh*kw*in output channels.)

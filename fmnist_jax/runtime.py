@@ -5,9 +5,9 @@ against the backend (`resolve`), and the process is prepared before JAX starts a
 (`configure_process`: host allocator, deterministic GPU kernels, compilation cache). The rest of the
 code reads the resolved `Runtime`, never the raw fields.
 
-Measured choices behind "auto" (2-core CPU and one H200; numbers in docs/performance.md):
-- fused steps: one compiled fori_loop between host actions is ~5x faster per step on the GPU and
-  ~30x slower on the CPU, where XLA runs a convolution inside a loop body through a slow kernel.
+What "auto" picks, and why (the measurements are in docs/performance.md and docs/records.md):
+- fused steps on GPU/TPU; step by step on the CPU, where XLA runs a convolution inside a loop body
+  through a slow kernel.
 - conv "im2col" only for fused steps on the CPU (a matmul runs well inside a loop body there).
 - pool "slices" on the CPU, where select_and_scatter (XLA's max-pool gradient) is slow.
 - vmapped sweep members: 16 at a time on GPU/TPU; one by one on the CPU, where vmap turns the

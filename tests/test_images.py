@@ -52,6 +52,17 @@ def test_dataset_images_load_pixel_for_pixel(fmnist):
     np.testing.assert_array_equal(out[..., 0], x.astype(np.float32) / 255.0)
 
 
+@pytest.mark.slow
+def test_polarity_rule_keeps_every_one_of_the_70000_dataset_images(fmnist):
+  """The claim in images.py and docs/predict.md: no dataset image is taken for a photo and negated."""
+  count = 0
+  for split in ("train", "test"):
+    for x in fmnist[split].images[..., 0]:
+      np.testing.assert_array_equal(images.load_image(encode(x))[..., 0], x.astype(np.float32) / 255.0)
+      count += 1
+  assert count == 70_000
+
+
 def test_photo_style_transparent_and_other_renderings_load_as_the_plain_image(samples):
   for x in samples:
     plain = images.load_image(encode(x))

@@ -32,9 +32,22 @@ def test_tfds_with_manual_dir_and_idx_give_identical_arrays(manual_dir, tmp_path
   assert np.bincount(fmnist["test"].labels).tolist() == [1000] * 10
 
 
-def test_idx_reader_of_manual_dir_matches_debian_files(manual_dir, fmnist):
+def _parsed_by_hand(folder: str, stem: str) -> input_pipeline.Split:
+  """An IDX pair read without the library: a 16-byte header before the images, 8 before the labels."""
+  with gzip.open(os.path.join(folder, f"{stem}-images-idx3-ubyte.gz")) as f:
+    images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
+  with gzip.open(os.path.join(folder, f"{stem}-labels-idx1-ubyte.gz")) as f:
+    labels = np.frombuffer(f.read(), np.uint8, offset=8)
+  return input_pipeline.Split(images, labels)
+
+
+def test_idx_reader_of_manual_dir_matches_the_archives_parsed_by_hand(manual_dir):
   data = input_pipeline.load_dataset(_data_config(source="idx", manual_dir=manual_dir))
-  np.testing.assert_array_equal(data["train"].images, fmnist["train"].images)
+  for split, stem, size in (("train", "train", 60_000), ("test", "t10k", 10_000)):
+    expected = input_pipeline.canonical_order(_parsed_by_hand(manual_dir, stem))
+    assert len(expected.labels) == size
+    np.testing.assert_array_equal(data[split].images, expected.images)
+    np.testing.assert_array_equal(data[split].labels, expected.labels)
 
 
 def test_nothing_found_names_every_place_tried_and_the_fix(tmp_path):

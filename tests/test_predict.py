@@ -61,6 +61,20 @@ def test_shipped_model_classifies_test_imgs_also_as_photos_and_cutouts(shipped):
 
 
 @pytest.mark.slow
+def test_predictor_scores_the_readme_accuracy_of_the_shipped_model(shipped, fmnist):
+  """Predictor's own path (not evaluate's) over the whole test split gives the README's number."""
+  with open(os.path.join(REPO, "README.md")) as f:
+    stated = re.search(r"test accuracy is (\d+\.\d\d)%", f.read())
+  assert stated, "README.md must state the shipped model's accuracy as 'test accuracy is NN.NN%'"
+  test = fmnist["test"]
+  probabilities = shipped.probabilities(test.images.astype(np.float32) / 255.0)
+  correct = int(np.sum(probabilities.argmax(1) == test.labels))
+  assert len(test.labels) == 10_000
+  assert correct == round(float(stated.group(1)) * 100), (
+      f"Predictor classifies {correct} of 10,000 test images correctly; README.md states {stated.group(1)}%")
+
+
+@pytest.mark.slow
 def test_a_workdir_predicts_with_its_own_config_and_no_optimizer_state(narrow, fmnist):
   workdir, final = narrow
   predictor = predict.Predictor(workdir)

@@ -72,9 +72,17 @@ def test_batch_statistics_change_in_training_and_not_in_evaluation(fmnist):
   for before, after in zip(jax.tree.leaves(trained.batch_stats), jax.tree.leaves(updates["batch_stats"])):
     np.testing.assert_array_equal(before, after)
   eval_batch = {**batch, "mask": np.ones(len(batch["label"]), bool)}
-  eval_step = jax.jit(functools.partial(steps.eval_step, tta=inference.TTA(flip=True, shift_pixels=1)))
-  first = eval_step(trained, eval_batch).compute()
-  assert eval_step(trained, eval_batch).compute() == first  # No state to change.
+  tta = inference.TTA(flip=True, shift_pixels=1)
+  evaluated = jax.jit(functools.partial(steps.eval_step, tta=tta))(trained, eval_batch).compute()
+  # The same numbers by hand: the EMA weights with the EMA statistics, logits averaged over the views.
+  ema = {"params": trained.ema_params, "batch_stats": trained.ema_batch_stats}
+  logits = np.mean([trained.apply_fn(ema, view, train=False) for view in inference.tta_views(batch["image"], tta)], 0)
+  labels = np.asarray(batch["label"])
+  shifted = logits - logits.max(1, keepdims=True)
+  log_probabilities = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+  assert float(evaluated["accuracy"]) == pytest.approx(np.mean(logits.argmax(1) == labels))
+  assert float(evaluated["loss"]) == pytest.approx(-np.mean(log_probabilities[np.arange(len(labels)), labels]),
+                                                   rel=1e-5)
 
 
 @pytest.mark.parametrize("flip, shift_pixels, num_views", [(False, 0, 1), (True, 0, 2), (False, 2, 5), (True, 1, 10)])

@@ -1,4 +1,9 @@
-"""Learning rates of the base config: one vmapped program, the rate lives in the optimizer state."""
+"""Learning rates of the base config: one vmapped program, the rate lives in the optimizer state.
+
+  python -m fmnist_jax.sweep --config=experiments/base.py --sweep=experiments/sweeps/lr.py --workdir=runs/lr
+
+Expected: one row per rate in runs/lr/results.md; no record is kept for this sweep.
+"""
 
 
 def get_sweep():
