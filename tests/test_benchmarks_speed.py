@@ -47,6 +47,7 @@ def test_cli_rejects_bad_steps_in_one_line():
   assert proc.stderr.strip().splitlines()[-1].startswith("error: --steps=0")
 
 
+@pytest.mark.slow  # Trains whole runs.
 def test_run_describes_a_resnet_by_its_resolved_settings():
   config = tiny_config(**{"runtime.conv_impl": "im2col"})
   config.model = resnet_smoke.get_config().model

@@ -58,6 +58,7 @@ def test_member_equals_the_single_run_with_its_seed_and_learning_rate(members, t
     assert outcomes[1].metrics[name] == pytest.approx(value, abs=METRIC_ATOL), name
 
 
+@pytest.mark.slow  # Trains whole runs.
 def test_a_diverging_member_stops_alone_and_keeps_its_last_good_checkpoint(members):
   _, workdirs, outcomes = members
   assert "NaN/Inf" in outcomes[0].error and "learning_rate" in outcomes[0].error
@@ -65,6 +66,7 @@ def test_a_diverging_member_stops_alone_and_keeps_its_last_good_checkpoint(membe
   assert not saved or max(saved) < tiny_config().num_train_steps
 
 
+@pytest.mark.slow  # Trains whole runs.
 def test_members_at_different_steps_resume_in_separate_groups(members, tmp_path, caplog):
   # Two copies of the tiny member, rolled back to steps 10 and 20: two groups, one call.
   configs, workdirs, _ = members

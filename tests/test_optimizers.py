@@ -135,6 +135,7 @@ def test_muon_orthogonalizes_kernels_and_gives_the_rest_to_adam_each_at_its_own_
   assert key == key_muon == key_adam
 
 
+@pytest.mark.slow  # Trains whole runs.
 def test_a_muon_run_checkpoints_and_resumes_bitwise(tmp_path):
   # Muon's state (a partition of Muon and Adam states, masked leaves included) round-trips through
   # the checkpoints: a run stopped at its mid-run checkpoint ends exactly where a straight run does.

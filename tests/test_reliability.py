@@ -320,6 +320,7 @@ def _interrupted_save(step_dir):
   _truncate_arrays(partial)
 
 
+@pytest.mark.slow  # Trains whole runs.
 @pytest.mark.parametrize("damage, restored_step", [
     (_truncate_arrays, 20), (_delete_item_metadata, 20),
     (_delete_checkpoint_metadata, NUM_STEPS),  # The data is all there: it still restores.

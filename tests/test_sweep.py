@@ -159,6 +159,7 @@ def test_sweep_trains_every_point_and_writes_one_row_each(four_point_sweep):
       assert any(n.startswith("events.out.tfevents") for n in os.listdir(os.path.join(point, sub)))
 
 
+@pytest.mark.slow  # Trains whole runs.
 def test_learning_rates_and_seeds_share_one_compiled_train_program(four_point_sweep):
   # The second group (the other learning rate) reuses the first group's programs.
   names = four_point_sweep[3]
