@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Model -----------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
-  config.model.name = "cnn"  # Model family: "cnn" (this CNN) or "resnet" (assign models.resnet_config() to config.model).
+  config.model.name = "cnn"  # Model family: "cnn" (this CNN) or "resnet" (--config.model.name=resnet: model_families.resnet_config()'s fields).
   config.model.conv_features = (64, 64)  # Output channels of conv1 and conv2.
   config.model.kernel_size = (5, 5)  # Convolution window (SAME padding).
   config.model.pool_size = (2, 2)  # Max-pool window and stride after each conv.

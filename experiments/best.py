@@ -12,17 +12,20 @@ schedule to train on a 2-core CPU. Expected: final test accuracy 0.9457 ± 0.001
 record docs/records/best_cpu_5_seeds.json; every probe in docs/records.md and docs/recipes.md.
 """
 
-from fmnist_jax import models
+from fmnist_jax import model_families
 from fmnist_jax.experiments import base
 
 
+VARIANTS = ("gpu", "cpu")  # --config=experiments/best.py:VARIANT; without one, "gpu".
+
+
 def get_config(size: str = "gpu"):
-  if size not in ("gpu", "cpu"):
+  if size not in VARIANTS:
     raise ValueError(f"experiments/best.py:{size}: the size must be 'gpu' or 'cpu'")
   config = base.get_config()
 
   # --- Model: pre-activation wide ResNet --------------------------------------
-  config.model = models.resnet_config()
+  config.model = model_families.resnet_config()
   if size == "gpu":
     config.model.stem_features = 16  # WRN-16-4: the stem of Zagoruyko & Komodakis.
     config.model.stage_features = (64, 128, 256)  # Widths 16k, 32k, 64k with k = 4.

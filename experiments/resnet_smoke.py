@@ -7,13 +7,13 @@ Expected: 20 steps in seconds on a CPU and a checkpoint with BatchNorm statistic
 accuracy is not a result (no record: tests/test_recipes.py checks what it exercises).
 """
 
-from fmnist_jax import models
+from fmnist_jax import model_families
 from fmnist_jax.experiments import base
 
 
 def get_config():
   config = base.get_config()
-  config.model = models.resnet_config()
+  config.model = model_families.resnet_config()
   config.model.stem_features = 4  # Tiny widths: seconds per run on 2 CPU cores.
   config.model.stage_features = (4, 8)  # Two stages (28x28, 14x14).
   config.model.blocks_per_stage = (1, 1)  # One residual block per stage.

@@ -32,10 +32,13 @@ def show_in_help(*module_names: str) -> None:
   for name in module_names:
     for flag in flags.FLAGS.get_key_flags_for_module(name):
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  if "workdir" in flags.FLAGS:  # Defined here by define_workdir, for the program.
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["workdir"])
 
 
 def define_workdir(help_string: str, required: bool = False) -> None:
-  """--workdir: an empty or blank value is refused (it would mean the current folder)."""
+  """--workdir: an empty or blank value is refused (it would mean the current folder); show_in_help
+  lists it with the program's own flags."""
   flags.DEFINE_string("workdir", None, help_string)
   flags.register_validator("workdir", lambda value: value is None or bool(value.strip()),
                            message="--workdir is empty; name a folder, e.g. --workdir=runs/first")
@@ -87,6 +90,15 @@ def check_output_folder(flag: str, path: str) -> None:
 def call_file_function(path: str, function: str, flag: str, *args) -> Any:
   """Runs the Python file at `path` and returns `function(*args)` from it; any failure of the user's
   file is a ConfigError naming `flag`, the file and the cause."""
+  fn = load_file_function(path, function, flag)
+  try:
+    return fn(*args)
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.ConfigError(f"{flag}={path}: {function}() failed ({describe(e)}); fix the file") from e
+
+
+def load_file_function(path: str, function: str, flag: str) -> Callable:
+  """`function` of the Python file at `path` (run once); a failure is a ConfigError naming `flag`."""
   if not os.path.isfile(path):
     raise errors.ConfigError(f"{flag}={path}: no such file; point it at a file defining {function}()")
   spec = importlib.util.spec_from_file_location(f"fmnist_user_file_{function}", path)
@@ -97,10 +109,7 @@ def call_file_function(path: str, function: str, flag: str, *args) -> Any:
     raise errors.ConfigError(f"{flag}={path} cannot be loaded ({describe(e)}); fix the file") from e
   if not callable(getattr(module, function, None)):
     raise errors.ConfigError(f"{flag}={path} has no {function}(); define {function}() in it")
-  try:
-    return getattr(module, function)(*args)
-  except Exception as e:  # pylint: disable=broad-except
-    raise errors.ConfigError(f"{flag}={path}: {function}() failed ({describe(e)}); fix the file") from e
+  return getattr(module, function)
 
 
 def last_flag_wins(argv: List[str], prefix: str, is_bool: Callable[[str], bool]) -> List[str]:

@@ -10,6 +10,7 @@ from typing import Optional
 
 import fmnist_jax
 from fmnist_jax import errors
+from fmnist_jax import model_families
 from fmnist_jax import runtime
 
 DTYPES = ("float32", "bfloat16")
@@ -18,7 +19,7 @@ DATA_SOURCES = ("auto", "tfds", "idx")
 ACTIVATIONS = ("celu", "elu", "gelu", "hard_sigmoid", "hard_silu", "hard_swish", "hard_tanh", "leaky_relu",
                "log_sigmoid", "relu", "relu6", "selu", "sigmoid", "silu", "soft_sign", "softplus", "swish", "tanh")
 MAX_LEARNING_RATE = 1.0  # Exclusive: Adam steps this large only diverge.
-MODEL_NAMES = ("cnn", "resnet")  # config.model.name: the seed's CNN, or models.resnet_config()'s family.
+MODEL_NAMES = model_families.NAMES  # config.model.name: the seed's CNN, or model_families.resnet_config()'s family.
 # config.optimizer (fmnist_jax/optimizers.py) -> the config fields that become arrays in its optimizer
 # state. The one declaration: members of a sweep may differ in them (train.VMAPPED_FIELDS) and a
 # resume may change them (run_folder.RESUME_SAFE), both derived from it.
@@ -31,6 +32,11 @@ OPTIMIZER_HYPERPARAMS = {
 OPTIMIZERS = tuple(OPTIMIZER_HYPERPARAMS)
 HYPERPARAM_FIELDS = tuple(dict.fromkeys(name for names in OPTIMIZER_HYPERPARAMS.values() for name in names))
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "one_cycle")  # config.schedule.
+# The fields that take one of a few values (--help lists them).
+ENUMERATED_FIELDS = {"data.source": DATA_SOURCES, "model.name": MODEL_NAMES, "model.activation": ACTIVATIONS,
+                     "dtype": DTYPES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+                     "runtime.fuse_steps": runtime.FUSE_MODES, "runtime.conv_impl": runtime.CONV_IMPLS,
+                     "runtime.pool_impl": runtime.POOL_IMPLS}
 
 
 def _positive(config, name: str) -> None:
@@ -63,10 +69,17 @@ def check_optimizer(config) -> None:
 
 
 def check_model(config) -> None:
-  """config.model: the CNN's fields, or a ResNet's (models.resnet_config()); pooling must leave a pixel."""
+  """config.model: the CNN's fields, or a ResNet's (model_families.resnet_config()); pooling must leave a pixel."""
   model = config.model
   if model.get("name") not in MODEL_NAMES:
     raise errors.ConfigError(f"config.model.name={model.get('name')!r} must be one of {MODEL_NAMES}")
+  expected = model_families.fields(model.name)
+  if set(model.keys()) != set(expected):
+    unknown = sorted(set(model.keys()) - set(expected)) or sorted(set(expected) - set(model.keys()))
+    raise errors.ConfigError(
+        f"config.model.name={model.name!r} but config.model holds {', '.join(unknown)} "
+        f"({'not ' if set(unknown) - set(expected) else 'missing from '}its fields); switch families with "
+        f"--config.model.name={model.name} (the section is rebuilt) or assign model_families.{model.name}_config()")
   if model.num_classes != 10:
     raise errors.ConfigError(f"config.model.num_classes={model.num_classes} must be 10 for Fashion-MNIST")
   if model.activation not in ACTIVATIONS:

@@ -11,9 +11,9 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from fmnist_jax import kernels
+from fmnist_jax import model_families
 from fmnist_jax import runtime
 
 
@@ -118,20 +118,7 @@ class ResNet(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
-def resnet_config() -> ml_collections.ConfigDict:
-  """`config.model` of a ResNet (assign it whole: a resnet's section holds none of the CNN's fields)."""
-  m = ml_collections.ConfigDict()
-  m.name = "resnet"  # Model family: "cnn" (the seed's) or "resnet".
-  m.stem_features = 16  # Output channels of the first 3x3 convolution.
-  m.stage_features = (16, 32, 64)  # Channels of each stage.
-  m.blocks_per_stage = (2, 2, 2)  # Residual blocks in each stage (WRN-d-k: (d - 4) / 6 each, widths 16k, 32k, 64k).
-  m.stage_strides = (1, 2, 2)  # Stride of each stage's first block: 1 keeps the resolution, 2 halves it.
-  m.batch_norm = True  # BatchNorm before each activation (its statistics are model state, checkpointed).
-  m.batch_norm_momentum = 0.9  # Running statistics: new = momentum * old + (1 - momentum) * batch's.
-  m.dropout_rate = 0.0  # Dropout between the two convolutions of each block (0: none).
-  m.activation = "relu"  # Nonlinearity (any flax.linen activation name).
-  m.num_classes = 10  # Output logits.
-  return m
+resnet_config = model_families.resnet_config  # The ResNet section of a config (jax-free, for config files).
 
 
 def create_model(config, rt=None) -> nn.Module:

@@ -20,6 +20,7 @@ import ml_collections
 
 from fmnist_jax import config_checks
 from fmnist_jax import errors
+from fmnist_jax import model_families
 from fmnist_jax import runtime
 
 CONFIG_FILE = "config.json"
@@ -118,9 +119,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise errors.CheckpointError(f"{path} is not a config (a JSON object expected); restore it from the run's config")
   defaults = json.loads(default_config().to_json_best_effort())
   saved = upgrade(saved)
-  if saved.get("model", {}).get("name", "cnn") == "resnet":  # Its defaults are a resnet's, not base.py's CNN.
-    from fmnist_jax import models  # pylint: disable=g-import-not-at-top
-    defaults["model"] = json.loads(models.resnet_config().to_json_best_effort())
+  name = saved.get("model", {}).get("name", "cnn")
+  if name in model_families.NAMES:  # A saved resnet takes a resnet's defaults, not base.py's CNN's.
+    defaults["model"] = json.loads(model_families.defaults(name).to_json_best_effort())
   return ml_collections.ConfigDict(_merged(defaults, saved))
 
 

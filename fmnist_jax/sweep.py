@@ -337,6 +337,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("part", "0/1", "I/N: train only groups I, I+N, I+2N, ... of the sweep, e.g. one "
                       "process per GPU (CUDA_VISIBLE_DEVICES=I ... --part=I/N).")
   flags.mark_flag_as_required("sweep")
+  flags.FLAGS["workdir"].help = ("The sweep's folder: point <name> trains in <workdir>/<name>/ (a run folder); "
+                                 "results.csv, results.md, results.png and compilation_cache/ go here.")
 
 
 def main(argv):
