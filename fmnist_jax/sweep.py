@@ -33,6 +33,7 @@ import ml_collections
 from fmnist_jax import cli
 from fmnist_jax import config_checks
 from fmnist_jax import errors
+from fmnist_jax import model_families
 from fmnist_jax import run_folder
 
 RESULT_FILE = "sweep_result.json"  # In each point's workdir once it finished.
@@ -84,8 +85,26 @@ def point_name(overrides: Dict[str, Any]) -> str:
 
 
 def point_config(base: ml_collections.ConfigDict, overrides: Dict[str, Any], where: str):
-  """A copy of `base` with `overrides` applied; unknown keys and wrong types are ConfigErrors."""
+  """A copy of `base` with `overrides` applied; unknown keys and wrong types are ConfigErrors.
+
+  A `model.name` naming another family than base's model section rebuilds the section from that
+  family's defaults with the point's other `model.*` keys (model_families.switch).
+  """
   config = base.copy_and_resolve_references()
+  for key, value in overrides.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      raise errors.ConfigError(f"{where}: {key} is a whole section; set its fields with dotted keys, e.g. "
+                               "{'model.name': 'resnet', 'model.stage_features': (16, 32)}")
+    try:
+      json.dumps(value)
+    except (TypeError, ValueError) as e:
+      raise errors.ConfigError(f"{where}: {key}={value!r:.80} is not a JSON value (a number, string, bool, "
+                               "None or a tuple of them); the point's result could not be saved") from e
+  family = overrides.get("model.name")
+  if family in model_families.NAMES and family != model_families.family_of(config.model):
+    model_fields = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("model.") and k != "model.name"}
+    model_families.switch(config, family, model_fields, where)
+    overrides = {k: v for k, v in overrides.items() if not k.startswith("model.")}
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

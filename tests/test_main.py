@@ -147,3 +147,66 @@ def test_extra_arguments_are_one_line_and_help_exits_0_listing_the_config_fields
   result = run_module(["-m", "fmnist_jax.main", "--help"], env=NO_TF)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "--config.model.conv_features=(64, 64)" in result.stdout and "--workdir" in result.stdout
+
+
+PRINT_MODEL = ("import sys\nfrom fmnist_jax import config_checks, main\nmain.parse_flags(sys.argv)\n"
+               "config_checks.validate(main.FLAGS.config)\nprint(sorted(main.FLAGS.config.model.items()))")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--config=experiments/base.py", "--config.model.name=resnet", "--config.model.stage_features=(8, 16)",
+      "--config.model.stage_strides", "(1, 2)", "--config.model.blocks_per_stage=(1,1)",
+      "--noconfig.model.batch_norm"],
+     {"name": "resnet", "stage_features": (8, 16), "stage_strides": (1, 2), "blocks_per_stage": (1, 1),
+      "batch_norm": False, "stem_features": 16, "activation": "relu"}),
+    (["--config=experiments/best.py:cpu", "--config.model.conv_features=(8,)", "--config.model.name", "cnn"],
+     {"name": "cnn", "conv_features": (8,), "dense_features": 1024, "activation": "elu"}),
+    (["--config=experiments/best.py:cpu", "--config.model.stage_features=(8, 16, 32)"],  # No switch: as before.
+     {"name": "resnet", "stage_features": (8, 16, 32), "stem_features": 16}),
+    (["--config=experiments/base.py", "--config.model.conv_features=(8,)"], {"name": "cnn", "conv_features": (8,)}),
+])
+def test_a_flag_switches_the_model_family_with_its_own_fields(flags, expected):
+  result = run_module(["-c", PRINT_MODEL, "--workdir=x", *flags], env=NO_TF)
+  assert result.returncode == 0, result.stderr[-2000:]
+  model = dict(eval(result.stdout))  # pylint: disable=eval-used  # Our own printout.
+  assert {k: model[k] for k in expected} == expected
+  from fmnist_jax import model_families  # pylint: disable=g-import-not-at-top
+  assert set(model) == set(model_families.fields(expected["name"]))
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--config=experiments/base.py", "--config.model.name=resnet", "--config.model.conv_features=(8,)"],
+     "config.model.conv_features is not a field of model.name='resnet' (a field of model.name='cnn')"),
+    (["--config=experiments/base.py", "--config.model.name=resnet", "--config.model.stem_features=wide"],
+     "config.model.stem_features"),
+    (["--config=experiments/base.py:cpu"], "experiments/base.py takes no variant; drop ':cpu'"),
+    (["--config=experiments/best.py:foo"], "has no variant 'foo'; its variants: --config=experiments/best.py:gpu"),
+])
+def test_family_and_variant_mistakes_are_one_line(tmp_path, flags, expected):
+  result = run_module(["-m", "fmnist_jax.main", f"--workdir={tmp_path / 'run'}", *flags], env=NO_TF)
+  assert result.returncode == errors.EXIT_USER_ERROR, result.stderr[-2000:]
+  [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert expected in line and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_config_path_holding_a_colon_loads_with_and_without_a_variant(tmp_path):
+  folder = tmp_path / "a:b"
+  folder.mkdir()
+  for name in ("base", "best"):
+    (folder / f"my:{name}.py").write_text(open(os.path.join(REPO, "experiments", f"{name}.py")).read())
+  for spec, family in ((f"{folder}/my:base.py", "cnn"), (f"{folder}/my:best.py:cpu", "resnet")):
+    result = run_module(["-c", PRINT_MODEL, "--workdir=x", f"--config={spec}"], env=NO_TF)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert dict(eval(result.stdout))["name"] == family  # pylint: disable=eval-used
+
+
+def test_help_describes_workdir_and_lists_the_fields_of_the_given_config_with_allowed_values():
+  for module in ("fmnist_jax.main", "fmnist_jax.sweep"):
+    result = run_module(["-m", module, "--help", "--config=experiments/best.py:cpu"], env=NO_TF)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--workdir: The " in result.stdout, result.stdout
+    assert "--config.model.stage_features=(32, 64, 128)" in result.stdout
+    assert "--config.model.conv_features=" not in result.stdout
+    assert "--config.optimizer='muon'  (one of: adam, adamw, sgd, muon)" in result.stdout
+    assert "--config.model.name=cnn replaces the model fields with its own: activation='elu'" in result.stdout

@@ -237,3 +237,37 @@ def test_a_point_that_learned_nothing_is_marked_chance_not_ok(tmp_path):
   with open(tmp_path / "results.csv") as f:
     assert [row["status"] for row in csv.DictReader(f)] == ["ok", "chance", "diverged"]
   assert "1000.0: final accuracy 0.1000 is no better than chance" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("point, message", [
+    ({"model": {"name": "resnet"}}, "model is a whole section; set its fields with dotted keys"),
+    ({"data.data_dir": b"bytes"}, "is not a JSON value"),
+    ({"model.name": "resnet", "model.conv_features": (8,)},
+     "config.model.conv_features is not a field of model.name='resnet' (a field of model.name='cnn')"),
+])
+def test_points_that_could_not_be_saved_or_named_are_refused_before_training(tmp_path, point, message):
+  path = write_sweep(tmp_path, f"def get_sweep():\n  return [{{}}, {point!r}]\n")
+  with pytest.raises(errors.ConfigError) as e:
+    sweep.plan(tiny_config(), path, str(tmp_path / "runs"), num_devices=1)
+  assert message in str(e.value) and "point 1" in str(e.value) and "\n" not in str(e.value)
+  assert not (tmp_path / "runs").exists()
+
+
+def test_a_point_replacing_the_model_section_with_a_configdict_is_refused(tmp_path):
+  path = write_sweep(tmp_path, "from fmnist_jax import model_families\n"
+                               "def get_sweep():\n  return [{'model': model_families.resnet_config()}]\n")
+  with pytest.raises(errors.ConfigError, match="model is a whole section"):
+    sweep.plan(tiny_config(), path, str(tmp_path / "runs"), num_devices=1)
+
+
+def test_a_sweep_may_switch_and_mix_model_families(tmp_path):
+  path = write_sweep(tmp_path, "def get_sweep():\n  return [{'seed': 1}, {'model.name': 'resnet', "
+                               "'model.stage_features': (4, 8), 'model.blocks_per_stage': (1, 1), "
+                               "'model.stage_strides': (1, 2)}, {'model.name': 'cnn', 'seed': 2}]\n")
+  points = sweep.plan(tiny_config(), path, str(tmp_path / "runs"), num_devices=1)
+  cnn, resnet, cnn_again = (p.config.model for p in points)
+  assert cnn.name == cnn_again.name == "cnn" and cnn.conv_features == (8, 16)  # tiny_config's own CNN.
+  assert resnet.name == "resnet" and resnet.stage_features == (4, 8) and resnet.stem_features == 16
+  assert "conv_features" not in resnet
+  assert [[p.name for p in g] for g in sweep.groups(points, vmap_members=4)] == [
+      [points[0].name, points[2].name], [points[1].name]]
