@@ -2,6 +2,7 @@
 `--help` that exits 0, and the --workdir flag (never empty)."""
 
 import importlib.util
+import logging as std_logging
 import os
 import re
 import sys
@@ -9,6 +10,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from fmnist_jax import errors
 from fmnist_jax import preemption
@@ -22,8 +24,37 @@ def run_app(main: Callable[[List[str]], Any], flags_parser: Optional[Callable] =
   lists `help_modules`' flags, and a user error in flags or in `main` is one `error:` line and its
   exit code (errors.reported)."""
   preemption.exit_at_once()
+  quiet_library_logs()
   show_in_help(*help_modules)
   app.run(errors.reported(main), flags_parser=errors.reported(flags_parser or parse_flags))
+
+
+# Library log chatter a user does not need, by the path of the file logging it -> the lowest level
+# kept (all of it with --verbosity=1): Orbax's INFO on every save and restore (its failed writes are
+# reported by train in one line, so their tracebacks go too), JAX's probe of a missing libtpu, TFDS's
+# notices about dataset variants, matplotlib's font cache.
+QUIETED_LIBRARIES = {"/orbax/": std_logging.WARNING, "/jax/_src/xla_bridge.py": std_logging.WARNING,
+                     "/tensorflow_datasets/": std_logging.ERROR, "/matplotlib/": std_logging.WARNING}
+_quieted = []
+
+
+def _keep_record(record) -> bool:
+  if logging.get_verbosity() >= logging.DEBUG:
+    return True
+  for path, level in QUIETED_LIBRARIES.items():
+    if path in record.pathname.replace(os.sep, "/"):
+      if path == "/orbax/":
+        record.exc_info = record.exc_text = None
+      return record.levelno >= level
+  return True
+
+
+def quiet_library_logs() -> None:
+  """Filters QUIETED_LIBRARIES' records from absl's handler (which also prints the standard
+  library's loggers, so jax's and matplotlib's records pass it too). Idempotent."""
+  if not _quieted:
+    logging.get_absl_handler().addFilter(_keep_record)
+    _quieted.append(True)
 
 
 def show_in_help(*module_names: str) -> None:

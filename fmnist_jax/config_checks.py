@@ -94,7 +94,7 @@ def check_model(config) -> None:
                                  f"per stage of config.model.stage_features={tuple(model.stage_features)!r}")
     _positive(config, "model.stem_features")
     _in_range(model, "model.", "dropout_rate", 0.0, 0.99)
-    _in_range(model, "model.", "batch_norm_momentum", 0.0, 1.0)
+    _in_range(model, "model.", "batch_norm_momentum", 0.0, 1.0, high_open=True)  # 1: statistics never move.
     if not isinstance(model.batch_norm, bool):
       raise errors.ConfigError(f"config.model.batch_norm={model.batch_norm!r} must be True or False")
     return
@@ -109,7 +109,7 @@ def check_model(config) -> None:
                              "(0: no hidden layer)")
   if not isinstance(model.batch_norm, bool):
     raise errors.ConfigError(f"config.model.batch_norm={model.batch_norm!r} must be True or False")
-  _in_range(model, "model.", "batch_norm_momentum", 0.0, 1.0)
+  _in_range(model, "model.", "batch_norm_momentum", 0.0, 1.0, high_open=True)
   size = list(fmnist_jax.IMAGE_SHAPE[:2])
   for _ in model.conv_features:  # Each conv keeps the size (SAME); its pool divides it (stride = window).
     size = [s // p for s, p in zip(size, model.pool_size)]
@@ -175,10 +175,19 @@ def _positive_tuple(section, prefix: str, name: str) -> None:
     raise errors.ConfigError(f"config.{prefix}{name}={values!r} must be a non-empty tuple of positive integers")
 
 
-def _in_range(section, prefix: str, name: str, low: float, high: float) -> None:
+def _in_range(section, prefix: str, name: str, low: float, high: float, high_open: bool = False) -> None:
+  """`value` in [low, high], or [low, high) with `high_open` (where `high` is degenerate: uniform
+  targets, momentum that never forgets); an infinite `high` means any finite number from `low`."""
   value = section[name]
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-    raise errors.ConfigError(f"config.{prefix}{name}={value!r} must be a number in [{low}, {high}]")
+  inside = _is_number(value) and math.isfinite(value) and low <= value and (
+      value < high if high_open else value <= high)
+  if not inside:
+    span = f"a finite number >= {low}" if math.isinf(high) else f"a number in [{low}, {high}{')' if high_open else ']'}"
+    raise errors.ConfigError(f"config.{prefix}{name}={value!r} must be {span}")
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _shift_pixels(section, prefix: str, name: str) -> None:
@@ -194,11 +203,12 @@ def check_recipe(config) -> None:
     raise errors.ConfigError(f"config.optimizer={config.optimizer!r} must be one of {OPTIMIZERS}")
   if config.schedule not in SCHEDULES:
     raise errors.ConfigError(f"config.schedule={config.schedule!r} must be one of {SCHEDULES}")
-  for name, low, high in (("weight_decay", 0.0, float("inf")),
-                          ("grad_clip_norm", 0.0, float("inf")), ("momentum", 0.0, 1.0),
-                          ("warmup_fraction", 0.0, 1.0), ("lr_start_factor", 0.0, 1.0),
-                          ("lr_end_factor", 0.0, 1.0), ("label_smoothing", 0.0, 1.0)):
-    _in_range(config, "", name, low, high)
+  for name, low, high, high_open in (
+      ("weight_decay", 0.0, math.inf, False), ("grad_clip_norm", 0.0, math.inf, False),
+      ("momentum", 0.0, 1.0, True),  # 1: the velocity never forgets.
+      ("warmup_fraction", 0.0, 1.0, False), ("lr_start_factor", 0.0, 1.0, False),
+      ("lr_end_factor", 0.0, 1.0, False), ("label_smoothing", 0.0, 1.0, True)):  # 1: uniform targets.
+    _in_range(config, "", name, low, high, high_open)
   ema = config.ema_decay
   if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
     raise errors.ConfigError(f"config.ema_decay={config.ema_decay!r} must be a number in [0, 1) (0: no EMA)")
@@ -216,7 +226,7 @@ def check_recipe(config) -> None:
   _in_range(a, "augment.", "erase_probability", 0.0, 1.0)
   _in_range(a, "augment.", "erase_fill", 0.0, 1.0)
   for name, low, high in (("erase_area", 0.0, 1.0), ("erase_aspect", 0.0, float("inf"))):
-    values = tuple(a[name])
-    if len(values) != 2 or not low < values[0] <= values[1] <= high:
+    values = tuple(a[name]) if isinstance(a[name], (tuple, list)) else (a[name],)
+    if len(values) != 2 or not all(_is_number(v) for v in values) or not low < values[0] <= values[1] <= high:
       raise errors.ConfigError(f"config.augment.{name}={values!r} must be (low, high) with "
                                f"{low} < low <= high <= {high}")

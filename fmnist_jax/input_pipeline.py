@@ -121,6 +121,10 @@ def load_dataset(data_config) -> Dict[str, Split]:
   tried = []
   manual_dir = data_config.manual_dir  # Checked readable by validation.validate.
   use_tfds = data_config.source == "tfds" or (data_config.source == "auto" and tf_compat.tensorflow_available())
+  if data_config.source == "auto":
+    why = "data.source=auto, " + ("TensorFlow installed: TFDS first" if use_tfds else "no TensorFlow: IDX files")
+  else:
+    why = f"data.source={data_config.source}"
   sources = []
   if use_tfds:
     sources.append((f"TFDS fashion_mnist (data_dir={data_config.data_dir}, manual_dir={manual_dir})",
@@ -139,12 +143,15 @@ def load_dataset(data_config) -> Dict[str, Split]:
       logging.warning("Fashion-MNIST not loaded from %s: %s", name, first_line)
       tried.append(f"{name}: {first_line}")
       continue
-    logging.info("Fashion-MNIST loaded from %s", name)
+    logging.info("Fashion-MNIST loaded from %s (%s)", name, why)
     return {split: canonical_order(s) for split, s in data.items()}
-  raise errors.DataError(
-      "Fashion-MNIST not found. Tried " + "; ".join(tried) + ". Fix: connect to the network for the TFDS "
-      "download, set --config.data.manual_dir to a folder with the four original .gz files, or "
-      "`apt-get install dataset-fashion-mnist`.")
+  fixes = ["set --config.data.manual_dir to a folder with the four original .gz files"]
+  if use_tfds and manual_dir is None:
+    fixes.insert(0, "connect to the network for the TFDS download")
+  if data_config.source != "tfds" and manual_dir is None:
+    fixes.append("`apt-get install dataset-fashion-mnist` (or set --config.data.idx_dirs to folders with the "
+                 "IDX files)")
+  raise errors.DataError("Fashion-MNIST not found. Tried " + "; ".join(tried) + ". Fix: " + ", or ".join(fixes) + ".")
 
 
 # --- Device side -------------------------------------------------------------------------------

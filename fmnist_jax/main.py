@@ -1,6 +1,5 @@
 """Command line: python -m fmnist_jax.main --config=experiments/base.py --workdir=runs/x [--config.F=V]."""
 
-import logging as std_logging
 import inspect
 import os
 import re
@@ -29,17 +28,7 @@ flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initia
 flags.mark_flag_as_required("config")
 
 
-def quiet_library_logs() -> None:
-  """Orbax logs every save step at INFO through absl, and a failed write as tracebacks from its
-  threads (which train reports in one line): keep its warnings and errors, one line each."""
-
-  def keep(record) -> bool:
-    if "/orbax/" not in record.pathname:
-      return True
-    record.exc_info = record.exc_text = None
-    return record.levelno >= std_logging.WARNING
-
-  logging.get_absl_logger().addFilter(keep)
+quiet_library_logs = cli.quiet_library_logs  # Installed by cli.run_app; kept for callers of setup_process.
 
 
 def parse_flags(argv):

@@ -35,10 +35,12 @@ def schedule_factor(config, num_steps: int):
   warmup = int(round(config.warmup_fraction * num_steps))
   decay = max(num_steps - warmup, 1)
   start, end = config.lr_start_factor, config.lr_end_factor
+  # A warmup that rounds to 0 steps is never used (join_schedules starts at `fall`); optax would warn.
+  linear_rise = optax.linear_schedule(start, 1.0, warmup) if warmup > 0 else optax.constant_schedule(start)
   if config.schedule == "warmup_cosine":
-    rise, fall = optax.linear_schedule(start, 1.0, warmup), _cosine(1.0, end, decay)
+    rise, fall = linear_rise, _cosine(1.0, end, decay)
   elif config.schedule == "warmup_linear":
-    rise, fall = optax.linear_schedule(start, 1.0, warmup), optax.linear_schedule(1.0, end, decay)
+    rise, fall = linear_rise, optax.linear_schedule(1.0, end, decay)
   else:  # one_cycle
     rise, fall = _cosine(start, 1.0, warmup), _cosine(1.0, end, decay)
   return optax.join_schedules([rise, fall], [warmup])

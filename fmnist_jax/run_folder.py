@@ -210,6 +210,7 @@ def owned(config, workdir: str, chief: bool = True) -> Iterator[None]:
   nothing. The same process may enter it again (a sweep holds its points while each trains). Of
   the processes of one multi-host run only the chief (`chief`) takes it.
   """
+  created = _missing_top(workdir)  # The folder this call creates, if any: removed again if nothing is written.
   check_workdir(workdir)
   path = os.path.realpath(os.path.join(workdir, LOCK_FILE))
   if not chief:
@@ -227,18 +228,55 @@ def owned(config, workdir: str, chief: bool = True) -> Iterator[None]:
       raise errors.ConfigError(
           f"--workdir={workdir} is being trained by process {holder or '(starting)'} (it holds {path}); "
           "wait for it to end, stop it, or choose another --workdir") from None
+    try:
+      check_resume(config, workdir)  # Refused: the lock file keeps its content.
+    except BaseException:
+      lock.close()
+      _remove_if_unused(created, workdir)
+      raise
     lock.truncate(0)
     lock.write(f"{os.getpid()}\n")
     lock.flush()
     _held[path] = [lock, 0]
-  _held[path][1] += 1
-  try:
+  else:
     check_resume(config, workdir)
+  _held[path][1] += 1
+  failed = True
+  try:
     yield
+    failed = False
   finally:
     _held[path][1] -= 1
     if not _held[path][1]:
       _held.pop(path)[0].close()  # Closing the file releases the lock; the file stays.
+      if failed:
+        _remove_if_unused(created, workdir)
+
+
+def _missing_top(workdir: str) -> Optional[str]:
+  """The outermost folder of `workdir` (itself or a parent) that does not exist yet, else None."""
+  top, folder = None, os.path.abspath(workdir)
+  while not os.path.exists(folder):
+    top, folder = folder, os.path.dirname(folder)
+  return top
+
+
+def _remove_if_unused(created: Optional[str], workdir: str) -> None:
+  """After a failure before anything was written: the lock file and the folders this process created,
+  if they hold nothing else (a failed start leaves no trace)."""
+  if created is None:
+    return
+  folder = os.path.abspath(workdir)
+  if os.listdir(folder) != [LOCK_FILE]:
+    return
+  os.remove(os.path.join(folder, LOCK_FILE))
+  while True:
+    os.rmdir(folder)
+    if folder == created:
+      return
+    folder = os.path.dirname(folder)
+    if os.listdir(folder):
+      return
 
 
 def is_run(path: str) -> bool:

@@ -148,7 +148,7 @@ def configure_process(runtime_config) -> None:
   """Applies what must precede JAX's first computation. Every entry point calls it after parsing flags."""
   if runtime_config.retain_host_memory:
     if retain_freed_memory():
-      logging.info("Host memory: freed blocks are kept for reuse (runtime.retain_host_memory)")
+      logging.debug("Host memory: freed blocks are kept for reuse (runtime.retain_host_memory)")
     else:
       logging.info("Host memory: the C library has no glibc mallopt; runtime.retain_host_memory changes nothing")
   if runtime_config.deterministic:

@@ -2,6 +2,7 @@
 
 import functools
 import importlib.util
+import os
 
 
 def tensorflow_available() -> bool:
@@ -10,7 +11,9 @@ def tensorflow_available() -> bool:
 
 @functools.cache
 def import_tensorflow():
-  """Imports TF with every GPU hidden from it, so it cannot take memory JAX needs."""
+  """Imports TF with every GPU hidden from it, so it cannot take memory JAX needs, and its C++ INFO
+  notices (oneDNN, absl's "before InitializeLog") silenced unless TF_CPP_MIN_LOG_LEVEL says otherwise."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
   return tf

@@ -324,7 +324,10 @@ def _train(trainer: Trainer, members: List[_Member], states, step: int) -> List[
                "" if single else f"{len(members)} members vmapped, ", num_steps, trainer.steps_per_epoch,
                config.batch_size, "fused" if trainer.fused else "step by step", jax.device_count(),
                jax.default_backend())
-  acc, window_start, window_time = None, step, time.perf_counter()
+  acc, window_start = None, step
+  # steps/s and the ETA count training steps only: not the first chunk (it compiles), nor evaluations
+  # and checkpoint saves. rate_time is None until the first chunk has run.
+  rate_start, rate_time = step, None
   final: List[Optional[Dict[str, float]]] = [None] * len(members)
   live = list(range(len(members)))
   with preemption.stop_on_signals() as stop:
@@ -334,35 +337,33 @@ def _train(trainer: Trainer, members: List[_Member], states, step: int) -> List[
       states, chunk = trainer.run_steps(states, step, end, member_keys)
       acc = chunk if acc is None else acc.merge(chunk)
       step = end
+      if rate_time is None:
+        jax.block_until_ready(states)
+        rate_start, rate_time = step, time.perf_counter()
       last = step == num_steps
       if step % config.log_every_steps == 0 or last:
         live = _check_finite(members, live, acc, window_start, step)
         if not live:
           break
-        rate = (step - window_start) / (time.perf_counter() - window_time)
+        elapsed = time.perf_counter() - rate_time
+        rate = (step - rate_start) / elapsed if step > rate_start and elapsed > 0 else None
         values = _member_scalars(acc) if trainer.vmapped else [metrics_lib.scalars(acc)]
         for i in live:
-          members[i].train_writer.write_scalars(step, {**values[i], "steps_per_sec": rate})
-        eta = format_eta((num_steps - step) / rate)
+          members[i].train_writer.write_scalars(step, {**values[i], **({"steps_per_sec": rate} if rate else {})})
+        speed = f"{rate:.1f} steps/s | ETA {format_eta((num_steps - step) / rate)}" if rate else "compiling"
         if single:
-          logging.info("step %d/%d | loss %.4f | accuracy %.4f | %.1f steps/s | ETA %s", step, num_steps,
-                       values[0]["loss"], values[0]["accuracy"], rate, eta)
+          logging.info("step %d/%d | loss %.4f | accuracy %.4f | %s", step, num_steps,
+                       values[0]["loss"], values[0]["accuracy"], speed)
         else:
           losses = np.array([v["loss"] for v in values])
-          logging.info("step %d/%d | %d members | loss %.4f (min %.4f, max %.4f) | %.1f steps/s | ETA %s",
+          logging.info("step %d/%d | %d members | loss %.4f (min %.4f, max %.4f) | %s",
                        step, num_steps, len(values), np.nanmean(losses), np.nanmin(losses),
-                       np.nanmax(losses), rate, eta)
-        acc, window_start, window_time = None, step, time.perf_counter()
-      if step % config.eval_every_steps == 0 or last:
-        final = results = trainer.evaluate(states)
-        for i in live:
-          members[i].eval_writer.write_scalars(step, results[i])
-        if single:
-          logging.info("eval at step %d: %s", step, _fmt(results[0]))
-        else:
-          accuracies = [results[i]["accuracy"] for i in live]
-          logging.info("eval at step %d: accuracy %.4f (min %.4f, max %.4f) over %d live members", step,
-                       np.mean(accuracies), min(accuracies), max(accuracies), len(accuracies))
+                       np.nanmax(losses), speed)
+        acc, window_start = None, step
+        rate_start, rate_time = step, time.perf_counter()
+      host_start = time.perf_counter()
+      if step % config.eval_every_steps == 0 and not last:  # The last step's is the final evaluation, below.
+        _log_evaluation(members, live, trainer.evaluate(states), step, "eval", single)
       if step % config.checkpoint_every_steps == 0 or last or stop:
         if acc is not None:
           live = _check_finite(members, live, acc, window_start, step)
@@ -371,18 +372,38 @@ def _train(trainer: Trainer, members: List[_Member], states, step: int) -> List[
         for i in live:
           members[i].ckpt.save(step, trainer.member(states, i))
           members[i].last_saved = step
-      if stop and not last:
+      if last or stop:  # Committed before the final evaluation, which a signal ends at once.
         for m in members:
           m.ckpt.wait()
           m.flush()
+      rate_time += time.perf_counter() - host_start
+      if stop:
         where = f"checkpoint saved in {members[0].ckpt.directory}" if single else \
             "checkpoints saved in each member's workdir"
         raise errors.Interrupted(f"stopped by {stop.signal_name} at step {step}; {where}; "
                                  "run the same command to resume")
-  if single and members[0].error is None:
-    logging.info("Final evaluation at step %d: %s", step, _fmt(final[0]))
+  if live and step >= num_steps:
+    # Outside the signal block: SIGTERM/SIGINT now exits 75 at once (preemption.exit_at_once); the
+    # last step is saved, so the rerun only evaluates.
+    final = trainer.evaluate(states)
+    _log_evaluation(members, live, final, step, "Final evaluation", single)
+    for m in members:
+      m.flush()
   never_evaluated = dict.fromkeys(("loss", "accuracy", "precision", "recall"), float("nan"))
   return [Outcome(final[i] or never_evaluated, m.error) for i, m in enumerate(members)]
+
+
+def _log_evaluation(members: List[_Member], live: List[int], results: List[Dict[str, float]], step: int,
+                    what: str, single: bool) -> None:
+  """Writes each live member's evaluation and logs one line."""
+  for i in live:
+    members[i].eval_writer.write_scalars(step, results[i])
+  if single:
+    logging.info("%s at step %d: %s", what, step, _fmt(results[0]))
+  else:
+    accuracies = [results[i]["accuracy"] for i in live]
+    logging.info("%s at step %d: accuracy %.4f (min %.4f, max %.4f) over %d live members", what, step,
+                 np.mean(accuracies), min(accuracies), max(accuracies), len(accuracies))
 
 
 def _check_finite(members: List[_Member], live: List[int], acc, window_start: int, step: int) -> List[int]:

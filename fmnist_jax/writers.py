@@ -1,10 +1,12 @@
-"""TensorBoard metric writers: CLU's when TensorFlow is installed, else a thin TF-free adapter.
+"""TensorBoard metric writers: CLU's when TensorFlow is loaded (TFDS data), else a thin TF-free adapter.
 
 Both write the same TF2-style scalar summaries and hparams into `<logdir>/events.out.tfevents.*`,
 so TensorBoard (and scripts/plot.py) read runs from either kind of host alike.
 """
 
+import sys
 import time
+import types
 from typing import Any, Mapping
 
 from absl import logging
@@ -17,6 +19,8 @@ class EventFileWriter:
   """The subset of clu.metric_writers.MetricWriter we use, over tensorboard's own event writer."""
 
   def __init__(self, logdir: str):
+    if "tensorflow" not in sys.modules:  # tensorboard's file I/O would import an installed TF: use its stub.
+      sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     from tensorboard.summary.writer import event_file_writer  # pylint: disable=g-import-not-at-top
     self._writer = event_file_writer.EventFileWriter(logdir)
 
@@ -60,11 +64,11 @@ def create_writer(logdir: str, *, enabled: bool = True):
   """A writer for `logdir`; `enabled=False` for processes that must not write."""
   if not enabled:
     return NullWriter()
-  if tf_compat.tensorflow_available():
+  if "tensorflow" in sys.modules:  # TFDS loaded it: CLU's asynchronous writer costs no import.
     tf_compat.import_tensorflow()
     from clu import metric_writers  # pylint: disable=g-import-not-at-top  # Imports TF.
     return metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir))
-  logging.info("TensorFlow not installed: writing %s with the TF-free event writer", logdir)
+  logging.debug("Writing %s with the TF-free event writer (TensorFlow not loaded)", logdir)
   return EventFileWriter(logdir)
 
 

@@ -71,3 +71,14 @@ def test_readme_is_a_guide_of_at_most_200_lines_with_the_first_commands():
   with open(os.path.join(REPO, ".ci", "run")) as f:
     ci_command = f.read().strip().splitlines()[-1]
   assert ci_command in text, f"the README must show the command CI runs: {ci_command}"
+
+
+def test_the_resume_table_names_exactly_run_folder_resume_safe():
+  """docs/reliability.md prints the list the code derives (config_checks.HYPERPARAM_FIELDS and the rest)."""
+  from fmnist_jax import run_folder  # pylint: disable=g-import-not-at-top
+  text = open(os.path.join(REPO, "docs", "reliability.md")).read()
+  table = text.split("| may change on resume | why |", 1)[1].split("\n\n", 1)[0]
+  named = set()
+  for row in table.strip().splitlines()[1:]:
+    named.update(re.findall(r"`([\w.*]+)`", row.split("|")[1]))
+  assert named == {f[:-1] + ".*" if f.endswith(".") else f for f in run_folder.RESUME_SAFE}

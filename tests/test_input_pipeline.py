@@ -56,6 +56,7 @@ def test_nothing_found_names_every_place_tried_and_the_fix(tmp_path):
   message = str(info.value)
   assert str(tmp_path / "a") in message and str(tmp_path / "b") in message
   assert "apt-get install dataset-fashion-mnist" in message and "\n" not in message
+  assert "network" not in message  # data.source=idx never downloads.
 
 
 def test_truncated_idx_file_is_reported(tmp_path):

@@ -453,6 +453,13 @@ def _under_a_file(tmp_path):
     ({"eps": 0.0}, "eps"),
     ({"dtype": "float16"}, "dtype"),
     ({"data.manual_dir": "/nonexistent/fashion_mnist"}, "data.manual_dir"),
+    # Degenerate ends are excluded: uniform targets, a velocity or statistics that never change.
+    ({"label_smoothing": 1.0}, "label_smoothing"),
+    ({"optimizer": "sgd", "momentum": 1.0}, "momentum"),
+    ({"model.batch_norm": True, "model.batch_norm_momentum": 1.0}, "model.batch_norm_momentum"),
+    ({"optimizer": "adamw", "weight_decay": float("inf")}, "weight_decay"),
+    ({"grad_clip_norm": float("inf")}, "grad_clip_norm"),
+    ({"augment.erase_area": ("a", "b")}, "augment.erase_area"),  # Was a TypeError traceback.
 ])
 def test_bad_config_is_one_line_before_any_work(tmp_path, overrides, field):
   workdir = str(tmp_path / "run")

@@ -147,3 +147,23 @@ def test_a_sweep_folder_given_as_a_run_is_named_as_such_with_a_point(tmp_path):
     run_folder.load_config(str(tmp_path))
   assert str(raised.value) == (f"--workdir={tmp_path} is a sweep folder (2 runs below it); point --workdir at "
                                f"one of them, e.g. --workdir={tmp_path / 'seed=0'}")
+
+
+def test_a_data_error_on_a_new_workdir_leaves_nothing(tmp_path):
+  workdir = tmp_path / "new" / "run"
+  with pytest.raises(errors.DataError) as raised:
+    train.train_and_evaluate(tiny_config(**{"data.idx_dirs": (str(tmp_path / "no_data"),)}), str(workdir))
+  assert "network" not in str(raised.value)  # data.source=idx never downloads.
+  assert not (tmp_path / "new").exists()
+
+
+def test_a_refused_resume_leaves_the_lock_file_as_it_was(tmp_path):
+  workdir = str(tmp_path)
+  run_folder.save_config(tiny_config(), workdir)
+  (tmp_path / run_folder.LOCK_FILE).write_text("12345\n")  # The PID of the run that trained it.
+  before = folder_contents(workdir)
+  with pytest.raises(errors.CheckpointError):
+    with run_folder.owned(tiny_config(seed=1), workdir):
+      pass
+  assert (tmp_path / run_folder.LOCK_FILE).read_text() == "12345\n"
+  assert folder_contents(workdir) == before

@@ -3,6 +3,7 @@
 import functools
 import glob
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -145,3 +146,53 @@ def test_resume_takes_the_configs_learning_rate(tmp_path):
   assert step == 20
   for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
     np.testing.assert_array_equal(x, y)  # Adam with step size 0 leaves the parameters alone.
+
+
+class _ExitedAtOnce(Exception):
+  """What preemption.exit_at_once's handler does (os._exit(75)), as an exception a test can catch."""
+
+
+def _signal_handler_raising(signum, frame):
+  del frame
+  raise _ExitedAtOnce(signum)
+
+
+def test_a_signal_during_the_final_evaluation_ends_it_at_once_with_the_last_step_saved(tmp_path, monkeypatch,
+                                                                                       caplog):
+  workdir = str(tmp_path / "run")
+  config = tiny_config(num_train_steps=4, log_every_steps=2, eval_every_steps=100, checkpoint_every_steps=100)
+  evaluate = train.Trainer.evaluate
+
+  def signalled(self, states):  # The only evaluation is the final one.
+    os.kill(os.getpid(), signal.SIGTERM)
+    return evaluate(self, states)
+
+  monkeypatch.setattr(train.Trainer, "evaluate", signalled)
+  previous = signal.signal(signal.SIGTERM, _signal_handler_raising)
+  try:
+    with pytest.raises(_ExitedAtOnce):  # It was caught by the training loop's handler: evaluated on, exit 0.
+      train.train_and_evaluate(config, workdir)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert checkpoints.Checkpointer(workdir, read_only=True).steps() == [4]
+  monkeypatch.setattr(train.Trainer, "evaluate", evaluate)
+  with caplog.at_level("INFO"):
+    final = train.train_and_evaluate(config, workdir)
+  assert "Training already finished at step 4: evaluating only" in caplog.text and final["accuracy"] > 0.1
+
+
+def test_a_signal_during_the_last_step_saves_it_and_exits_interrupted(tmp_path, monkeypatch):
+  workdir = str(tmp_path / "run")
+  config = tiny_config(num_train_steps=4, log_every_steps=2, eval_every_steps=100, checkpoint_every_steps=100)
+  run_steps = train.Trainer.run_steps
+
+  def signalled(self, states, step, end, member_keys=None):
+    if end == 4:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return run_steps(self, states, step, end, member_keys)
+
+  monkeypatch.setattr(train.Trainer, "run_steps", signalled)
+  with pytest.raises(errors.Interrupted, match="stopped by SIGTERM at step 4"):
+    train.train_and_evaluate(config, workdir)
+  assert checkpoints.Checkpointer(workdir, read_only=True).steps() == [4]
+  assert "accuracy" not in read_scalars(os.path.join(workdir, "eval"))  # No evaluation ran.
