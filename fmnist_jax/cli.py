@@ -1,6 +1,7 @@
 """What every command line shares: flags whose every mistake is one `error:` line and exit 2,
 `--help` that exits 0, and the --workdir flag (never empty)."""
 
+import contextlib
 import importlib.util
 import logging as std_logging
 import os
@@ -35,6 +36,8 @@ def run_app(main: Callable[[List[str]], Any], flags_parser: Optional[Callable] =
 # notices about dataset variants, matplotlib's font cache.
 QUIETED_LIBRARIES = {"/orbax/": std_logging.WARNING, "/jax/_src/xla_bridge.py": std_logging.WARNING,
                      "/tensorflow_datasets/": std_logging.ERROR, "/matplotlib/": std_logging.WARNING}
+# Orbax warnings that only describe a read-only reader (predict, evaluate): nothing to act on.
+QUIETED_MESSAGES = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
 _quieted = []
 
 
@@ -45,6 +48,8 @@ def _keep_record(record) -> bool:
     if path in record.pathname.replace(os.sep, "/"):
       if path == "/orbax/":
         record.exc_info = record.exc_text = None
+        if str(record.msg).startswith(QUIETED_MESSAGES):
+          return False
       return record.levelno >= level
   return True
 
@@ -116,6 +121,32 @@ def check_output_folder(flag: str, path: str) -> None:
     raise errors.ConfigError(f"{flag}={path}: {existing} is a file, not a folder; name a folder")
   if not os.access(existing, os.W_OK | os.X_OK):
     raise errors.ConfigError(f"{flag}={path}: {existing} is not writable; choose a writable folder")
+
+
+@contextlib.contextmanager
+def output_folder(flag: str, path: str):
+  """Creates `path` (a folder for results) before the work that fills it, so that a path that cannot
+  be created costs one line, not the work; the folders it created are removed again if the block fails
+  leaving them empty."""
+  check_output_folder(flag, path)
+  created, folder = [], os.path.abspath(path)
+  while not os.path.exists(folder):
+    created.append(folder)
+    folder = os.path.dirname(folder)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise errors.ConfigError(f"{flag}={path}: cannot create it ({e.strerror or e}); choose a writable folder") from e
+  ok = False
+  try:
+    yield
+    ok = True
+  finally:
+    for folder in created if not ok else ():
+      try:
+        os.rmdir(folder)
+      except OSError:
+        break
 
 
 def call_file_function(path: str, function: str, flag: str, *args) -> Any:

@@ -127,9 +127,9 @@ def write_report(evaluation: Evaluation, out_dir: str, num_mistakes: int) -> Lis
 def main(argv):
   del argv  # cli.parse_flags refused positional arguments.
   out = FLAGS.out or os.path.join(FLAGS.workdir, "evaluation")
-  cli.check_output_folder("--out", out)
-  evaluation = evaluate_workdir(FLAGS.workdir)
-  paths = write_report(evaluation, out, FLAGS.num_mistakes)
+  with cli.output_folder("--out", out):  # Created before the evaluation: a bad --out costs nothing.
+    evaluation = evaluate_workdir(FLAGS.workdir)
+    paths = write_report(evaluation, out, FLAGS.num_mistakes)
   m = evaluation.metrics
   print(f"{FLAGS.workdir} at step {evaluation.step}, {len(evaluation.test.labels)} test images: "
         f"accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, precision {m['precision']:.4f}, "

@@ -85,8 +85,9 @@ def define_flags() -> None:
   """Only as a program: importing this module must not claim flag names."""
   cli.define_workdir("A training workdir (its config.json and checkpoints/); default: the shipped pretrained "
                      "model.")
-  flags.DEFINE_integer("top_k", None, "Also show the K most likely classes with their probabilities.",
-                       lower_bound=1)
+  flags.DEFINE_integer("top_k", None, "Also show the K most likely classes with their probabilities "
+                       f"(at most {len(CLASS_NAMES)}, the number of classes).", lower_bound=1,
+                       upper_bound=len(CLASS_NAMES))
   flags.DEFINE_bool("json", False, "Print one JSON object per image and line: path, predicted_class, "
                     "class_index, probabilities (the top_k, default all, most likely first), or path and error.")
 

@@ -1,6 +1,7 @@
 """fmnist_jax.evaluate: per-class numbers against an independent numpy confusion matrix, files, errors."""
 
 import csv
+import glob
 import os
 import re
 import shutil
@@ -123,3 +124,20 @@ def test_cli_usage_mistakes_are_one_line_before_any_work(tmp_path):
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert expected in line and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert run_module(["-m", "fmnist_jax.evaluate", "--help"]).returncode == 0
+
+
+def test_an_out_folder_that_cannot_be_created_is_one_line_before_the_evaluation(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  result = run_module(["-m", "fmnist_jax.evaluate", f"--workdir={workdir}", "--out=/proc/no/such/folder"])
+  assert result.returncode == errors.EXIT_USER_ERROR, result.stderr[-2000:]
+  [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert "--out=/proc/no/such/folder: cannot create it" in line and "Traceback" not in result.stderr
+
+
+def test_evaluate_prints_no_library_chatter(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  result = run_module(["-m", "fmnist_jax.evaluate", f"--workdir={workdir}", f"--out={tmp_path / 'out'}"])
+  assert result.returncode == 0, result.stderr[-2000:]
+  ours = {os.path.basename(p) for p in glob.glob(os.path.join(REPO, "fmnist_jax", "*.py"))}
+  logged_by = [m.group(1) for m in re.finditer(r"^[IWE]\d{4} [\d:.]+ +\d+ (\S+?):\d+\]", result.stderr, re.M)]
+  assert logged_by and set(logged_by) <= ours, result.stderr  # Orbax logged ~30 INFO lines.

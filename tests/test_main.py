@@ -49,7 +49,7 @@ def test_training_without_tensorflow_writes_the_same_event_files(tmp_path, manua
   result = _main(workdir, "--config.num_train_steps=40", f"--config.data.manual_dir={manual_dir}",
                  "--config.model.conv_features=(8, 8)", "--config.model.dense_features=32", env=NO_TF)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "TF-free event writer" in result.stderr and "IDX files in data.manual_dir" in result.stderr
+  assert "IDX files in data.manual_dir" in result.stderr
   assert sorted(read_scalars(os.path.join(workdir, "eval"))["precision"]) == [40]
   assert 40 in read_scalars(os.path.join(workdir, "train"))["steps_per_sec"]
 
@@ -210,3 +210,29 @@ def test_help_describes_workdir_and_lists_the_fields_of_the_given_config_with_al
     assert "--config.model.conv_features=" not in result.stdout
     assert "--config.optimizer='muon'  (one of: adam, adamw, sgd, muon)" in result.stdout
     assert "--config.model.name=cnn replaces the model fields with its own: activation='elu'" in result.stdout
+
+
+REPORT_TENSORFLOW = ("import atexit, sys\n"
+                     "atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules, file=sys.stderr))\n"
+                     "from fmnist_jax import main\nmain.run()\n")
+CHATTER = ("libtpu", "InitializeLog", "oneDNN", "fontManager", "transition_steps", "variant", "orbax")
+
+
+@pytest.mark.slow
+def test_a_run_prints_what_the_user_needs_and_no_library_chatter(tmp_path):
+  """TensorFlow is installed here, yet a data.source=idx run never imports it; a warmup that rounds to 0
+  steps does not make optax warn; the final evaluation is one line."""
+  result = run_module(["-c", REPORT_TENSORFLOW, "--config=experiments/base.py", f"--workdir={tmp_path / 'run'}",
+                       "--config.model.conv_features=(8, 8)", "--config.model.dense_features=32",
+                       "--config.num_train_steps=20", "--config.log_every_steps=10", "--config.eval_every_steps=10",
+                       "--config.data.source=idx", "--config.schedule=warmup_linear",
+                       "--config.warmup_fraction=0.01"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1] == "tensorflow imported: False", result.stderr
+  assert not [line for line in lines if any(word in line for word in CHATTER)], result.stderr
+  messages = [line.split("] ", 1)[1] for line in lines[:-1]]
+  expected = ["Runtime: ", "Fashion-MNIST loaded from IDX files in ", "No checkpoint in ", "Training 20 steps",
+              "step 10/20 |", "eval at step 10: ", "step 20/20 |", "Final evaluation at step 20: "]
+  assert len(messages) == len(expected) and all(m.startswith(e) for m, e in zip(messages, expected)), messages
+  assert "(data.source=idx)" in messages[1]

@@ -185,6 +185,7 @@ def test_cli_corrupted_checkpoint_is_one_line_without_traceback(narrow, tmp_path
     ([], "no image given"),
     (["--top_k=0", "test_imgs/0.png"], "--top_k=0"),
     (["--top_k=-1", "test_imgs/0.png"], "--top_k=-1"),
+    (["--top_k=11", "test_imgs/0.png"], "--top_k=11"),  # There are 10 classes: it showed 10 without a word.
 ])
 def test_cli_usage_mistakes_are_one_line_exit_2(args, expected):
   result = run_module(["-m", "fmnist_jax.predict", *args])

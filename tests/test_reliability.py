@@ -257,7 +257,7 @@ def _unfinished_saves(ckpt_dir: str) -> set:
 def test_sigint_and_sigterm_save_flush_exit_75_and_the_rerun_resumes(tmp_path, reference, xla_cache):
   workdir = str(tmp_path / "run")
   stopped = []
-  # SIGINT with TensorFlow installed (CLU's async writer), SIGTERM without (the TF-free writer).
+  # SIGINT with TensorFlow installed (not loaded: data.source=idx), SIGTERM without it.
   for signum, tensorflow in ((signal.SIGINT, True), (signal.SIGTERM, False)):
     run = Training(workdir, tensorflow=tensorflow, env=xla_cache)
     # The handlers are installed while the loop runs, which writes the log lines.
