@@ -15,7 +15,6 @@ record docs/records/best_cpu_5_seeds.json; every probe in docs/records.md and do
 from fmnist_jax import model_families
 from fmnist_jax.experiments import base
 
-
 VARIANTS = ("gpu", "cpu")  # --config=experiments/best.py:VARIANT; without one, "gpu".
 
 

@@ -213,7 +213,8 @@ def test_help_describes_workdir_and_lists_the_fields_of_the_given_config_with_al
 
 
 REPORT_TENSORFLOW = ("import atexit, sys\n"
-                     "atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules, file=sys.stderr))\n"
+                     "atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules,\n"
+                     "                              file=sys.stderr))\n"
                      "from fmnist_jax import main\nmain.run()\n")
 CHATTER = ("libtpu", "InitializeLog", "oneDNN", "fontManager", "transition_steps", "variant", "orbax")
 
