@@ -19,7 +19,7 @@ class EventFileWriter:
   """The subset of clu.metric_writers.MetricWriter we use, over tensorboard's own event writer."""
 
   def __init__(self, logdir: str):
-    if "tensorflow" not in sys.modules:  # tensorboard's file I/O would import an installed TF: use its stub.
+    if sys.modules.get("tensorflow") is None:  # tensorboard's file I/O would import an installed TF: use its stub.
       sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     from tensorboard.summary.writer import event_file_writer  # pylint: disable=g-import-not-at-top
     self._writer = event_file_writer.EventFileWriter(logdir)
@@ -64,7 +64,7 @@ def create_writer(logdir: str, *, enabled: bool = True):
   """A writer for `logdir`; `enabled=False` for processes that must not write."""
   if not enabled:
     return NullWriter()
-  if "tensorflow" in sys.modules:  # TFDS loaded it: CLU's asynchronous writer costs no import.
+  if sys.modules.get("tensorflow") is not None:  # TFDS loaded it: CLU's asynchronous writer costs no import.
     tf_compat.import_tensorflow()
     from clu import metric_writers  # pylint: disable=g-import-not-at-top  # Imports TF.
     return metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir))
