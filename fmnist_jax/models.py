@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 
 from fmnist_jax import kernels
-from fmnist_jax import model_families
 from fmnist_jax import runtime
 
 
@@ -118,7 +117,6 @@ class ResNet(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
-resnet_config = model_families.resnet_config  # The ResNet section of a config (jax-free, for config files).
 
 
 def create_model(config, rt=None) -> nn.Module:

@@ -18,6 +18,7 @@ from fmnist_jax import errors
 from fmnist_jax import evaluate
 from fmnist_jax import inference
 from fmnist_jax import input_pipeline
+from fmnist_jax import model_families
 from fmnist_jax import models
 from fmnist_jax import predict
 from fmnist_jax import run_folder
@@ -152,7 +153,7 @@ def test_evaluation_applies_the_averaged_statistics_with_the_averaged_weights():
 
 def test_wide_resnet_16_4_has_the_published_size():
   config = smoke_config()
-  config.model = models.resnet_config()
+  config.model = model_families.resnet_config()
   config.model.stage_features, config.model.blocks_per_stage = (64, 128, 256), (2, 2, 2)
   params = jax.eval_shape(models.create_model(config).init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
   count = sum(np.prod(x.shape) for x in jax.tree.leaves(params["params"]))
