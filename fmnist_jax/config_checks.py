@@ -164,6 +164,14 @@ def check_runtime(rt, process: bool = True) -> None:
   if rt.cpu_ynn_fusions is not None and not set(runtime.ynn_fusions(rt)) <= set(runtime.YNN_FUSIONS):
     raise errors.ConfigError(f"config.runtime.cpu_ynn_fusions={rt.cpu_ynn_fusions!r} must be a comma list of "
                              f"{', '.join(runtime.YNN_FUSIONS)} (\"\": none)")
+  if rt.profile_steps is not None:
+    steps = tuple(rt.profile_steps)
+    if len(steps) != 2 or any(isinstance(s, bool) or not isinstance(s, int) for s in steps) or not 0 <= steps[0] < steps[1]:
+      raise errors.ConfigError(f"config.runtime.profile_steps={rt.profile_steps!r} must be (start, stop) with "
+                               "0 <= start < stop, e.g. (10, 15), or None")
+  for name in ("distributed_init_timeout_s", "distributed_heartbeat_timeout_s"):
+    if isinstance(rt[name], bool) or not isinstance(rt[name], int) or rt[name] <= 0:
+      raise errors.ConfigError(f"config.runtime.{name}={rt[name]!r} must be a positive integer (seconds)")
   if process and rt.deterministic and not runtime.deterministic_enabled():
     raise errors.ConfigError(f"config.runtime.deterministic=True needs XLA_FLAGS={runtime.DETERMINISTIC_XLA_FLAG} "
                              "before jax starts: train with fmnist_jax.main, or export XLA_FLAGS yourself")

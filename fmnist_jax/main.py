@@ -7,7 +7,6 @@ import sys
 from typing import Optional
 
 from absl import flags
-from absl import logging
 import ml_collections
 from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as config_flags_lib
@@ -204,18 +203,26 @@ def config_fields(spec: Optional[str] = None) -> str:
           + "\n".join(lines))
 
 
+# --distributed's own arguments (docs/scale.md); without them jax.distributed detects the cluster.
+flags.DEFINE_string("coordinator_address", None, "--distributed: HOST:PORT of process 0, which every process "
+                    "reaches (default: detected from Cloud TPU, SLURM, Open MPI or Kubernetes).")
+flags.DEFINE_integer("num_processes", None, "--distributed: how many processes the run has, one per host or "
+                     "per GPU (default: detected).", lower_bound=1)
+flags.DEFINE_integer("process_id", None, "--distributed: this process's index, 0 .. num_processes-1 (default: "
+                     "detected).", lower_bound=0)
+DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id")
+
+
 def setup_process() -> None:
   """Before any JAX work (shared with fmnist_jax.sweep): quiet logs, the runtime settings, joining the hosts."""
   quiet_library_logs()
   runtime.configure_process(FLAGS.config.runtime)
+  given = {name: FLAGS[name].value for name in DISTRIBUTED_FLAGS if FLAGS[name].value is not None}
+  if given and not FLAGS.distributed:
+    raise errors.ConfigError(f"--{next(iter(given))} is for a run of many processes; add --distributed")
   if FLAGS.distributed:
-    import jax  # pylint: disable=g-import-not-at-top
-    try:  # Coordinator, process count and id come from the cluster: Cloud TPU, SLURM, Open MPI, k8s.
-      jax.distributed.initialize()
-    except (ValueError, RuntimeError) as e:
-      errors.fail(f"--distributed: jax.distributed.initialize() failed ({cli.one_line(e)}); start one process "
-                  "per host with srun, mpirun or `gcloud compute tpus tpu-vm ssh --worker=all`", errors.EXIT_USER_ERROR)
-    logging.info("Process %d of %d", jax.process_index(), jax.process_count())
+    from fmnist_jax import parallel  # pylint: disable=g-import-not-at-top  # Imports jax.
+    parallel.join_processes(FLAGS.config.runtime, **given)
 
 
 def main(argv):

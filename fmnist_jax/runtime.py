@@ -32,7 +32,9 @@ DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
 
 # The fields of config.runtime, which saved runs from before the section had at the top level.
 FIELDS = ("fuse_steps", "conv_impl", "pool_impl", "cpu_ynn_fusions", "retain_host_memory", "halt_on_nan",
-          "deterministic", "compilation_cache_dir")
+          "deterministic", "compilation_cache_dir", "profile_steps", "distributed_init_timeout_s",
+          "distributed_heartbeat_timeout_s")
+PROFILE_SUBDIR = "profile"  # <workdir>/profile: the jax.profiler trace of runtime.profile_steps.
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -46,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.halt_on_nan = True  # Stop with an error when the loss or gradients turn NaN/Inf (the last good checkpoint is kept).
   config.deterministic = False  # GPU: bitwise-repeatable runs through XLA's deterministic kernels (slower). The CPU always is.
   config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)  # Persistent XLA compilation cache, every program stored (None: off).
+  config.profile_steps = ml_collections.config_dict.placeholder(tuple)  # (start, stop): jax.profiler trace of steps [start, stop) in <workdir>/profile for TensorBoard (None: off).
+  config.distributed_init_timeout_s = 300  # --distributed: seconds every process waits for all the others to join.
+  config.distributed_heartbeat_timeout_s = 100  # --distributed: a process silent this long is dead; the others then exit.
   return config
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine for fmnist_jax: Fashion-MNIST from Debian's package (the offline
 # fallback when TFDS cannot download) and the project's virtual environment .venv holding the
-# package (editable) with its test and benchmark extras. A venv works whether or not pip may touch
+# package (editable) with its test and benchmark extras, or the extras named by $EXTRAS
+# (EXTRAS=dev,cuda13 scripts/bootstrap.sh on a GPU host; cuda12, cuda13, tpu: docs/scale.md). A venv works whether or not pip may touch
 # the system Python (Debian marks its python3 EXTERNALLY-MANAGED, PEP 668); run everything with
 # .venv/bin/python.
 set -euo pipefail
@@ -23,4 +24,9 @@ if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
   python3 -m venv --clear .venv
   echo "bootstrap: created .venv with $(.venv/bin/python --version)"
 fi
-.venv/bin/python -m pip install -q -e ".[dev,bench]"
+EXTRAS="${EXTRAS:-dev,bench}"
+if [[ ! "$EXTRAS" =~ ^[a-z0-9_]+(,[a-z0-9_]+)*$ ]]; then
+  echo "error: EXTRAS=$EXTRAS must be a comma list of extras of setup.cfg, e.g. EXTRAS=dev,cuda13" >&2
+  exit 2
+fi
+.venv/bin/python -m pip install -q -e ".[$EXTRAS]"
