@@ -166,7 +166,8 @@ def check_runtime(rt, process: bool = True) -> None:
                              f"{', '.join(runtime.YNN_FUSIONS)} (\"\": none)")
   if rt.profile_steps is not None:
     steps = tuple(rt.profile_steps)
-    if len(steps) != 2 or any(isinstance(s, bool) or not isinstance(s, int) for s in steps) or not 0 <= steps[0] < steps[1]:
+    whole = all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
+    if len(steps) != 2 or not whole or not 0 <= steps[0] < steps[1]:
       raise errors.ConfigError(f"config.runtime.profile_steps={rt.profile_steps!r} must be (start, stop) with "
                                "0 <= start < stop, e.g. (10, 15), or None")
   for name in ("distributed_init_timeout_s", "distributed_heartbeat_timeout_s"):

@@ -1,6 +1,8 @@
 """Errors a user can cause, reported at the edge as one line, and the process exit codes."""
 
 import functools
+import os
+import re
 import sys
 from typing import Callable, NoReturn, TypeVar
 
@@ -63,3 +65,20 @@ def reported(fn: Callable[..., T]) -> Callable[..., T]:
       fail(str(e), EXIT_INTERRUPTED)
 
   return wrapper
+
+
+def exit_peer_lost(error: BaseException) -> NoReturn:
+  """Another process of a multi-process run is gone: one line and exit at once (EXIT_INTERRUPTED).
+
+  os._exit skips jax.distributed's shutdown barrier (which would wait out the heartbeat timeout for
+  the dead process, then abort with a stack dump) and Orbax's waits on the same barriers; every
+  checkpoint committed before stays intact.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  reason = re.sub(r"(Error dispatching computation: )+", "", " ".join(str(error).split()))
+  logging.flush()
+  sys.stderr.write(f"error: process {jax.process_index()} of {jax.process_count()}: another process of this run "
+                   f"stopped ({reason[:300]}); the checkpoints saved so far are intact: restart every "
+                   "process with the same command to resume\n")
+  sys.stderr.flush()
+  os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access

@@ -26,6 +26,7 @@ class StopRequest:
   def __init__(self):
     self._event = threading.Event()
     self.signal_name = None
+    self._agreed = None  # Of many processes: whether any had a signal at the last agree().
 
   def set(self, signum, frame):
     del frame
@@ -34,7 +35,19 @@ class StopRequest:
     self._event.set()
 
   def __bool__(self) -> bool:
-    return self._event.is_set()
+    return self._event.is_set() if self._agreed is None else self._agreed
+
+  def agree(self) -> None:
+    """Of many processes (jax.distributed), called by each after the same step: from then on the
+    request is set in all of them if a signal reached any, and in none otherwise (a signal arriving
+    later counts at the next agree()), so they stop after the same step. One process: nothing."""
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_count() == 1:
+      return
+    from fmnist_jax import parallel  # pylint: disable=g-import-not-at-top
+    self._agreed = parallel.any_process(self._event.is_set())
+    if self._agreed and self.signal_name is None:
+      self.signal_name = "a signal to another process"
 
 
 def exit_at_once() -> None:

@@ -31,6 +31,7 @@ from fmnist_jax import input_pipeline
 from fmnist_jax import metrics as metrics_lib
 from fmnist_jax import parallel
 from fmnist_jax import preemption
+from fmnist_jax import profiling
 from fmnist_jax import run_folder
 from fmnist_jax import runtime
 from fmnist_jax import steps
@@ -186,8 +187,10 @@ def run_chunk(program, state, images, labels, perm, step_keys, index: int, num_s
 
 
 def next_boundary(step: int, num_steps: int, steps_per_epoch: int, config) -> int:
-  """The next step at which the host must act: log, eval, checkpoint, epoch end, or the end."""
+  """The next step at which the host must act: log, eval, checkpoint, epoch end, profile start or
+  stop (config.runtime.profile_steps), or the end."""
   candidates = [num_steps, (step // steps_per_epoch + 1) * steps_per_epoch]
+  candidates += [s for s in (config.runtime.profile_steps or ()) if s > step]
   for every in (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps):
     candidates.append((step // every + 1) * every)
   return min(candidates)
@@ -255,10 +258,31 @@ def train_and_evaluate_many(configs: Sequence, workdirs: Sequence[str],
   if len({program_key(c) for c in configs}) != 1:
     raise ValueError("train_and_evaluate_many needs configs that differ only in " + ", ".join(VMAPPED_FIELDS))
   workdirs = [_checked_workdir(c, w) for c, w in zip(configs, workdirs)]
-  with contextlib.ExitStack() as owner:
-    for config, workdir in zip(configs, workdirs):  # Before anything is written or loaded.
+  try:
+    with contextlib.ExitStack() as owner:
+      own_workdirs(owner, configs, workdirs)  # Before anything is written or loaded.
+      return _train_and_evaluate_owned(configs, workdirs, trainer)
+  except Exception as e:  # pylint: disable=broad-except
+    if parallel.peer_lost(e):
+      errors.exit_peer_lost(e)
+    raise
+
+
+def own_workdirs(owner: contextlib.ExitStack, configs: Sequence, workdirs: Sequence[str]) -> None:
+  """Makes this run the one writer of `workdirs` (run_folder.owned) for the life of `owner`.
+
+  In a run of many processes only process 0 takes the locks, and the others learn whether it could:
+  they all go on, or all stop with an error (none waits for a process that already quit)."""
+  failure = None
+  try:
+    for config, workdir in zip(configs, workdirs):
       owner.enter_context(run_folder.owned(config, workdir, chief=jax.process_index() == 0))
-    return _train_and_evaluate_owned(configs, workdirs, trainer)
+  except errors.UserError as e:
+    failure = e
+  if not parallel.all_processes(failure is None):
+    raise failure or errors.ConfigError(
+        f"process 0 of this run cannot train in --workdir={workdirs[0]} (its own error line says why); "
+        "fix that and restart every process")
 
 
 def _train_and_evaluate_owned(configs: Sequence, workdirs: Sequence[str], trainer: Optional[Trainer]):
@@ -301,6 +325,10 @@ def _train_and_evaluate_owned(configs: Sequence, workdirs: Sequence[str], traine
       for i, outcome in zip(indices, _train(trainer, group, states, step)):
         outcomes[i] = outcome
     return outcomes
+  except Exception as e:  # pylint: disable=broad-except
+    if parallel.peer_lost(e):  # Before `finally`: closing the checkpointers would wait for the lost process.
+      errors.exit_peer_lost(e)
+    raise
   finally:
     for m in members:
       m.close()
@@ -330,11 +358,16 @@ def _train(trainer: Trainer, members: List[_Member], states, step: int) -> List[
   rate_start, rate_time = step, None
   final: List[Optional[Dict[str, float]]] = [None] * len(members)
   live = list(range(len(members)))
-  with preemption.stop_on_signals() as stop:
+  profiler = profiling.StepProfiler(config.runtime.profile_steps, members[0].workdir, jax.process_index() == 0)
+  with preemption.stop_on_signals() as stop, contextlib.ExitStack() as profiled:
+    profiled.callback(profiler.stop)
     while step < num_steps and live:
       # Step by step, one step per iteration, so a signal stops training after the current step.
       end = next_boundary(step, num_steps, trainer.steps_per_epoch, config) if trainer.fused else step + 1
+      profiler.before(step)
       states, chunk = trainer.run_steps(states, step, end, member_keys)
+      profiler.after(end, states)
+      stop.agree()  # Processes of one run stop after the same step, whichever the signal reached first.
       acc = chunk if acc is None else acc.merge(chunk)
       step = end
       if rate_time is None:
