@@ -82,6 +82,7 @@ class Checkpointer:
     self._read_only = read_only
     drop_abandoned_work_reports()  # Installed first: the reports come as the failure happens.
     self.failures = []  # "step N: reason" of each newer step the last restore skipped.
+    self.closed = False
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=not read_only)
@@ -93,8 +94,14 @@ class Checkpointer:
   def steps(self) -> list:
     return sorted(self._manager.all_steps(), reverse=True)
 
+  _saving = None  # The Checkpointer whose async save started last (see save).
+
   def save(self, step: int, state) -> None:
     """Starts an async save of `state` (a flax TrainState) at `step`."""
+    previous = Checkpointer._saving
+    if jax.process_count() > 1 and previous is not None and previous is not self and not previous.closed:
+      previous.wait()  # Orbax's multi-host barriers of two managers saving at once collide ("already ongoing").
+    Checkpointer._saving = self
     items = {"params": ocp.args.StandardSave(state.params),
              "train": ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state})}
     if model_state(state):
@@ -166,6 +173,11 @@ class Checkpointer:
     newer = [s for s in self.steps() if s > step]
     if self._read_only or not newer:
       return
+    if jax.process_index() != 0:  # Of many processes (all restoring from one shared folder), 0 renames.
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("checkpoints set aside")
+      self._manager.reload()
+      return
     for bad in newer:
       path = os.path.join(self.directory, str(bad))
       target, n = f"{path}.unrestorable", 0
@@ -174,6 +186,9 @@ class Checkpointer:
         target = f"{path}.unrestorable-{n}"
       os.rename(path, target)
       logging.warning("Checkpoint step %d moved to %s (kept); training resumes from step %d", bad, target, step)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("checkpoints set aside")
     self._manager.reload()
 
   def restore_params(self, abstract_params) -> Tuple[int, Any]:
@@ -224,6 +239,9 @@ class Checkpointer:
       self.wait()
     finally:
       self._manager.close()
+      self.closed = True
+      if Checkpointer._saving is self:
+        Checkpointer._saving = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)  # Persistent XLA compilation cache, every program stored (None: off).
   config.profile_steps = ml_collections.config_dict.placeholder(tuple)  # (start, stop): jax.profiler trace of steps [start, stop) in <workdir>/profile for TensorBoard (None: off).
   config.distributed_init_timeout_s = 300  # --distributed: seconds every process waits for all the others to join.
-  config.distributed_heartbeat_timeout_s = 100  # --distributed: a process silent this long is dead; the others then exit.
+  config.distributed_heartbeat_timeout_s = 100  # --distributed: a process silent this long is dead, the others exit; also the longest wait for them at exit.
   return config
 
 

@@ -252,9 +252,11 @@ def run_sweep(base: ml_collections.ConfigDict, sweep_path: str, workdir: str,
     for p in group:
       if p not in mine[-1]:
         logging.info("Point %s finished earlier: skipped", p.name)
+  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
   with contextlib.ExitStack() as owner:
-    for p in (p for todo in mine for p in todo):  # Another process on one of them: refused before any work.
-      owner.enter_context(run_folder.owned(p.config, p.workdir, chief=is_chief))
+    todo = [p for points_of_group in mine for p in points_of_group]
+    # Another process on one of them: refused before any work (every process of a --distributed sweep).
+    train.own_workdirs(owner, [p.config for p in todo], [p.workdir for p in todo])
     for todo in mine:
       if not todo:
         continue

@@ -113,7 +113,8 @@ def wait_all(procs, timeout: float = START_TIMEOUT_S * 2):
 
 def event_file_pids(workdir: str):
   """The PIDs in the names of the TensorBoard event files (events.out.tfevents.<time>.<host>.<pid>.<n>)."""
-  return {int(os.path.basename(p).split(".")[-2]) for p in glob.glob(os.path.join(workdir, "*", "events.out.tfevents.*"))}
+  files = glob.glob(os.path.join(workdir, "*", "events.out.tfevents.*"))
+  return {int(os.path.basename(p).split(".")[-2]) for p in files}
 
 
 def latest_step(workdir: str) -> int:
@@ -138,8 +139,8 @@ def test_two_processes_train_one_run_like_one_process(tmp_path, processes):
   assert abs(float(final.group(1)) - metrics["accuracy"]) < 2e-3
   # Orbax saved collectively (each process wrote its part of every step); only process 0 wrote the rest.
   assert checkpoints.Checkpointer(shared, read_only=True).steps() == [30, 20, 10]
-  assert {os.path.basename(p) for p in glob.glob(os.path.join(shared, "checkpoints", "30", "params", "ocdbt.process_*"))} \
-      == {"ocdbt.process_0", "ocdbt.process_1"}
+  parts = glob.glob(os.path.join(shared, "checkpoints", "30", "params", "ocdbt.process_*"))
+  assert {os.path.basename(p) for p in parts} == {"ocdbt.process_0", "ocdbt.process_1"}
   history = run_folder.read_history(shared)
   assert [(r["pid"], r["steps"]) for r in history] == [(procs[0].pid, [0, 30])]
   assert json.load(open(os.path.join(shared, "config.json")))["num_train_steps"] == 30
@@ -166,7 +167,8 @@ def test_sigterm_to_every_process_stops_the_run_and_the_rerun_resumes(tmp_path, 
   procs = launch(processes, tmp_path, workdir, *tiny_flags(num_steps=5000))
   procs[0].wait_for(r"step 10/5000")
   # An unrelated run is refused while the two processes train (process 0 holds the lock).
-  other = run_module(["-m", "fmnist_jax.main", f"--workdir={workdir}", *tiny_flags()], env=env(), timeout=START_TIMEOUT_S)
+  other = run_module(["-m", "fmnist_jax.main", f"--workdir={workdir}", *tiny_flags()], env=env(),
+                     timeout=START_TIMEOUT_S)
   assert other.returncode == 2 and f"being trained by process {procs[0].pid}" in other.stderr, other.stderr[-2000:]
   procs[0].popen.send_signal(signal.SIGTERM)
   time.sleep(0.5)  # The signal reaches them at different steps: they still stop after the same one.
@@ -221,6 +223,24 @@ def test_a_sweep_split_over_two_processes_trains_every_point_once(tmp_path, proc
   assert set(trained_by.values()) == {parts[0].pid, parts[1].pid}
   with open(os.path.join(workdir, "results.csv")) as f:
     assert sorted(line.split(",")[0] for line in f.read().splitlines()[1:]) == names
+
+
+@pytest.mark.slow
+def test_a_distributed_sweep_trains_its_points_data_parallel_and_process_0_writes_the_results(tmp_path, processes):
+  sweep = tmp_path / "seeds.py"
+  sweep.write_text("def get_sweep():\n  return [{'seed': s} for s in range(2)]\n")
+  workdir = str(tmp_path / "sweep")
+  procs = launch(processes, tmp_path, workdir, f"--sweep={sweep}", "--vmap_members=2", *tiny_flags(num_steps=10),
+                 module="fmnist_jax.sweep")
+  assert wait_all(procs) == [0, 0], procs[0].text()[-3000:] + procs[1].text()[-3000:]
+  for name in ("seed=0", "seed=1"):
+    point = os.path.join(workdir, name)
+    record = json.load(open(os.path.join(point, "sweep_result.json")))
+    assert record["trained_with"] == 2 and record["error"] is None
+    assert [r["pid"] for r in run_folder.read_history(point)] == [procs[0].pid]
+    assert event_file_pids(point) == {procs[0].pid}
+  assert os.path.isfile(os.path.join(workdir, "results.csv"))
+  assert "vmapped" in procs[1].text() and "on 2 cpu device(s)" in procs[1].text()
 
 
 @pytest.mark.slow
