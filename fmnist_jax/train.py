@@ -279,7 +279,13 @@ def own_workdirs(owner: contextlib.ExitStack, configs: Sequence, workdirs: Seque
       owner.enter_context(run_folder.owned(config, workdir, chief=jax.process_index() == 0))
   except errors.UserError as e:
     failure = e
-  if not parallel.all_processes(failure is None):
+  try:
+    everyone = parallel.all_processes(failure is None)
+  except Exception as e:  # pylint: disable=broad-except
+    if parallel.peer_lost(e):
+      errors.exit_peer_lost(e)
+    raise
+  if not everyone:
     raise failure or errors.ConfigError(
         f"process 0 of this run cannot train in --workdir={workdirs[0]} (its own error line says why); "
         "fix that and restart every process")
