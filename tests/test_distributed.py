@@ -186,7 +186,7 @@ def test_sigterm_to_every_process_stops_the_run_and_the_rerun_resumes(tmp_path, 
 
 
 @pytest.mark.slow
-def test_kill_9_of_one_process_ends_the_other_at_once_and_the_rerun_resumes(tmp_path, processes):
+def test_kill_9_of_either_process_ends_the_other_at_once_and_the_rerun_resumes(tmp_path, processes):
   workdir = str(tmp_path / "run")
   procs = launch(processes, tmp_path, workdir, *tiny_flags(num_steps=5000))
   procs[0].wait_for(r"step 20/5000")
@@ -197,10 +197,20 @@ def test_kill_9_of_one_process_ends_the_other_at_once_and_the_rerun_resumes(tmp_
   assert time.monotonic() - start < HEARTBEAT_S * 3
   last = procs[0].text().strip().splitlines()[-1]
   assert last.startswith("error: process 0 of 2: another process of this run stopped") and "resume" in last, last
+  # The rerun resumes; then process 0, the coordinator, is killed: JAX itself ends process 1 at once.
   step = latest_step(workdir)
-  again = launch(processes, tmp_path, workdir, *tiny_flags(num_steps=step + 10), name="rerun")
-  assert wait_all(again) == [0, 0], again[0].text()[-3000:]
-  assert f"Resuming from step {step}" in again[1].text()
+  again = launch(processes, tmp_path, workdir, *tiny_flags(num_steps=5000), name="rerun")
+  again[1].wait_for(rf"Resuming from step {step}")
+  again[1].wait_for(rf"step {step + 10}/5000")
+  again[0].popen.kill()
+  start = time.monotonic()
+  assert again[1].wait(EXIT_TIMEOUT_S) != 0
+  assert time.monotonic() - start < HEARTBEAT_S * 3
+  assert "another task died" in again[1].text() or "another process of this run stopped" in again[1].text()
+  step = latest_step(workdir)
+  last = launch(processes, tmp_path, workdir, *tiny_flags(num_steps=step + 10), name="last")
+  assert wait_all(last) == [0, 0], last[0].text()[-3000:]
+  assert f"Resuming from step {step}" in last[1].text()
 
 
 @pytest.mark.slow
