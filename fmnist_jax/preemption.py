@@ -77,5 +77,8 @@ def stop_on_signals(signals=SIGNALS):
   try:
     yield request
   finally:
+    # Of many processes stopping together, each must reach jax.distributed's shutdown barrier: a
+    # second signal (one per process, sent at different moments) no longer ends a process at once.
+    stopping_together = request._agreed  # pylint: disable=protected-access
     for s, handler in previous.items():
-      signal.signal(s, handler)
+      signal.signal(s, signal.SIG_IGN if stopping_together else handler)
