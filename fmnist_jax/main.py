@@ -22,8 +22,9 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (experim
                                 "its fields with --config.FIELD=VALUE (--help lists them).", lock_config=True)
 cli.define_workdir("The run's folder: checkpoints/, train/ and eval/ event files, config.json, history.jsonl "
                    "and lock; rerunning with the same folder resumes the run.", required=True)
-flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() first; start one "
-                  "process per host with the same flags.")
+flags.DEFINE_bool("distributed", False, "Many processes, one data-parallel run (several hosts, or one process "
+                  "per GPU): start each with the same flags; they join through jax.distributed.initialize() "
+                  "(see --coordinator_address, --num_processes, --process_id and docs/scale.md).")
 flags.mark_flag_as_required("config")
 
 
