@@ -101,13 +101,13 @@ def _switch_family(config, name: str, program: str, model_flags) -> None:
   model_families.switch(config, name, {f: values.config.model[f] for f in fields})
 
 
-def load_config_file(spec: Optional[str]):
+def load_config_file(spec: Optional[str], flag: str = "--config"):
   """The ConfigDict of `--config=PATH[:VARIANT]` (ml_collections passes VARIANT to get_config); ConfigError
-  if the file cannot give one. None when the flag is absent (absl then reports the required flag)."""
+  if the file cannot give one, naming `flag`. None when the flag is absent (absl then reports the required flag)."""
   if spec is None:
     return None
   path, variant = _split_config_spec(spec)
-  get_config = cli.load_file_function(path, "get_config", "--config")
+  get_config = cli.load_file_function(path, "get_config", flag)
   if variant is not None:
     variants = getattr(get_config, "__globals__", {}).get("VARIANTS")
     try:
@@ -115,19 +115,19 @@ def load_config_file(spec: Optional[str]):
     except (TypeError, ValueError):
       takes_variant = True
     if not takes_variant:
-      raise errors.ConfigError(f"--config={spec}: {path} takes no variant; drop ':{variant}' (--config={path})")
+      raise errors.ConfigError(f"{flag}={spec}: {path} takes no variant; drop ':{variant}' ({flag}={path})")
     if variants is not None and variant not in variants:
-      raise errors.ConfigError(f"--config={spec}: {path} has no variant {variant!r}; its variants: "
-                               + ", ".join(f"--config={path}:{v}" for v in variants))
+      raise errors.ConfigError(f"{flag}={spec}: {path} has no variant {variant!r}; its variants: "
+                               + ", ".join(f"{flag}={path}:{v}" for v in variants))
   try:
     config = get_config(*([variant] if variant is not None else []))
   except Exception as e:  # pylint: disable=broad-except  # Any error in the user's file is theirs to fix.
     if variant is not None and isinstance(e, (TypeError, ValueError)):
-      raise errors.ConfigError(f"--config={spec}: get_config() refused the variant {variant!r} "
+      raise errors.ConfigError(f"{flag}={spec}: get_config() refused the variant {variant!r} "
                                f"({cli.describe(e)})") from e
-    raise errors.ConfigError(f"--config={path}: get_config() failed ({cli.describe(e)}); fix the file") from e
+    raise errors.ConfigError(f"{flag}={path}: get_config() failed ({cli.describe(e)}); fix the file") from e
   if not isinstance(config, ml_collections.ConfigDict):
-    raise errors.ConfigError(f"--config={path}: get_config() returned {type(config).__name__}; return an "
+    raise errors.ConfigError(f"{flag}={path}: get_config() returned {type(config).__name__}; return an "
                              "ml_collections.ConfigDict")
   return config
 
