@@ -1,6 +1,6 @@
 """Time to accuracy: trains a config for N seeds, one after another, and prints one JSON line:
 python -m benchmarks.time_to_accuracy --config=experiments/X.py [--seeds=5] [--baseline=experiments/base.py]
-[--config.F=V ...] [--baseline.F=V ...]
+[--baseline_seeds=N] [--config.F=V ...] [--baseline.F=V ...]
 
 Each seed trains all of the config's steps on the real training path (`train.Trainer`, its compiled
 programs and host calls), from a fresh state, with no evaluation, logging or checkpoint inside the
@@ -10,7 +10,7 @@ programs are compiled once, before the first seed, by two warm-up steps on a thr
 and, if any, the run ends with an error after its JSON. Seeds are config.seed, config.seed + 1, ...
 `process_s` runs from this module's first line to the print.
 
-With --baseline, that config trains as many seeds as the config, alternating with it in the same
+With --baseline, that config trains as many seeds as the config (or --baseline_seeds), alternating with it in the same
 process (baseline seed i, then config seed i), so that a drift of the machine's speed reaches both;
 `train_s_ratio` is this config's mean training time over the baseline's, `train_s_ratios` the
 ratio of each pair (targets are such ratios: absolute seconds differ about 2x between CPU
@@ -148,18 +148,23 @@ def summary(timed: Optional[Timed], baseline: Optional[Timed]) -> Dict:
     result["baseline"] = baseline.record()
     pairs = list(zip(timed.train_s if timed is not None else [], baseline.train_s))
     if pairs:
-      result["train_s_ratio"] = round(result["train_s_mean"] / statistics.mean(b for _, b in pairs), 4)
-      result["train_s_ratios"] = [round(c / b, 4) for c, b in pairs]
+      result["train_s_ratio"] = round(statistics.mean(timed.train_s) / statistics.mean(baseline.train_s), 4)
+      result["train_s_ratios"] = [round(c / b, 4) for c, b in pairs]  # Of each seed and the baseline seed before it.
   result["process_s"] = round(time.perf_counter() - _PROCESS_START, 3)
   return result
 
 
 def run(config, num_seeds: int, baseline_config=None,
-        on_progress: Callable[[Optional[Timed], Optional[Timed]], None] = lambda timed, baseline: None) -> Dict:
-  """Trains `num_seeds` seeds of `config` (alternating with `baseline_config`'s, baseline first);
-  returns the JSON record. `on_progress(timed, baseline)` follows every change of what is finished."""
+        on_progress: Callable[[Optional[Timed], Optional[Timed]], None] = lambda timed, baseline: None,
+        baseline_seeds: Optional[int] = None) -> Dict:
+  """Trains `num_seeds` seeds of `config`, alternating with `baseline_seeds` (default: as many) seeds
+  of `baseline_config`, each baseline seed first; returns the JSON record. `on_progress(timed,
+  baseline)` follows every change of what is finished."""
+  baseline_seeds = num_seeds if baseline_seeds is None else baseline_seeds
   if num_seeds <= 0:
     raise errors.ConfigError(f"--seeds={num_seeds} must be a positive number of seeds")
+  if baseline_config is not None and not 0 < baseline_seeds <= num_seeds:
+    raise errors.ConfigError(f"--baseline_seeds={baseline_seeds} must be between 1 and --seeds={num_seeds}")
   config_checks.validate(config, jax.device_count())
   if baseline_config is not None:
     try:
@@ -172,7 +177,7 @@ def run(config, num_seeds: int, baseline_config=None,
   timed = Timed(config)
   on_progress(timed, baseline)
   for i in range(num_seeds):
-    if baseline is not None:
+    if baseline is not None and i < baseline_seeds:
       baseline.train_seed(baseline_config.seed + i)
       on_progress(timed, baseline)
     timed.train_seed(config.seed + i)
@@ -196,6 +201,8 @@ def _define_flags() -> None:
                                   "alternating with it in the same process, for train_s_ratio "
                                   "(e.g. experiments/base.py).", lock_config=True)
   flags.DEFINE_integer("seeds", 5, "How many seeds to train, one after another.")
+  flags.DEFINE_integer("baseline_seeds", None, "How many seeds of --baseline to train, alternating with the "
+                       "first ones of --config (default: --seeds).")
 
 
 def parse_flags(argv: List[str]) -> List[str]:
@@ -238,6 +245,9 @@ def main(argv):
   del argv  # parse_flags refused positional arguments.
   if FLAGS.seeds <= 0:
     raise errors.ConfigError(f"--seeds={FLAGS.seeds} must be a positive number of seeds")
+  baseline_seeds = FLAGS.seeds if FLAGS.baseline_seeds is None else FLAGS.baseline_seeds
+  if FLAGS.baseline is not None and not 0 < baseline_seeds <= FLAGS.seeds:
+    raise errors.ConfigError(f"--baseline_seeds={baseline_seeds} must be between 1 and --seeds={FLAGS.seeds}")
   config_checks.validate(FLAGS.config)  # Before JAX loads a device.
   if FLAGS.baseline is not None:
     try:
@@ -251,7 +261,7 @@ def main(argv):
   def on_progress(timed, baseline):
     latest["record"] = lambda: summary(timed, baseline)
 
-  result = run(FLAGS.config, FLAGS.seeds, FLAGS.baseline, on_progress)
+  result = run(FLAGS.config, FLAGS.seeds, FLAGS.baseline, on_progress, baseline_seeds)
   print(json.dumps(result), flush=True)
   compiles = result["compiles_timed"] + result.get("baseline", {}).get("compiles_timed", 0)
   if compiles:

@@ -98,6 +98,8 @@ def test_a_signal_prints_the_finished_seeds_and_exits_75(tmp_path, signum):
     (["--seeds=0"], "error: --seeds=0 must be a positive number of seeds"),
     (["--seeds=0", "--baseline=experiments/base.py"], "error: --seeds=0 must be a positive number of seeds"),
     (["--baseline=experiments/base.py", "--baseline.batch_size=0"], "error: --baseline: config.batch_size=0"),
+    (["--baseline=experiments/base.py", "--seeds=2", "--baseline_seeds=3"],
+     "error: --baseline_seeds=3 must be between 1 and --seeds=2"),
 ])
 def test_flag_mistakes_are_one_line_before_anything_trains(args, message):
   start = time.perf_counter()
