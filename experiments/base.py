@@ -65,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_tta_shift_pixels = 0  # ...and of its shifts by this many pixels up, down, left and right (0: none).
   config.augment = ml_collections.ConfigDict()  # On-device training augmentation (fmnist_jax/augment.py).
   config.augment.flip = False  # Mirror each training image left-right with probability 1/2.
+  config.augment.alternate_flip = False  # Mirror each image in every other epoch (which: a per-image coin); not with flip.
   config.augment.translate_pixels = 0  # Shift each image by up to this many pixels each way, zero fill (0: off).
   config.augment.erase_probability = 0.0  # Random erasing: fill one rectangle per image with this probability (0: off).
   config.augment.erase_area = (0.02, 0.4)  # Erased area as a fraction of the image, drawn uniformly.

@@ -10,10 +10,12 @@ import math
 import jax
 import jax.numpy as jnp
 
+COIN_DATA = 0xFFFFFFFF  # fold_in data of the key of alternating_flip's per-image coins: never a step number.
+
 
 def enabled(config) -> bool:
   """Whether `config.augment` changes any image (decided at trace time: off costs nothing)."""
-  return bool(config.flip or config.translate_pixels or config.erase_probability)
+  return bool(config.flip or config.alternate_flip or config.translate_pixels or config.erase_probability)
 
 
 def _per_image(fn, key, images):
@@ -25,6 +27,16 @@ def random_flip(key, images):
   def one(k, image):
     return jnp.where(jax.random.bernoulli(k), image[:, ::-1], image)
   return _per_image(one, key, images)
+
+
+def alternating_flip(key, images, indices, epoch):
+  """Mirrors each image in every other epoch: the image of dataset index `indices[i]` is mirrored in
+  `epoch` iff its coin (a bernoulli draw from `key` and the index alone, the same every epoch)
+  differs from the epoch's parity. Epoch 0 mirrors each image with probability 1/2; each odd epoch
+  mirrors exactly the images the even epochs leave."""
+  coins = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i)))(indices)
+  mirrored = coins != (epoch % 2 == 1)
+  return jnp.where(mirrored[:, None, None, None], images[:, :, ::-1], images)
 
 
 def shift(images, dy: int, dx: int):
@@ -77,10 +89,13 @@ def random_erase(key, images, probability: float, area_range, aspect_range, fill
   return jnp.where(inside[..., None], jnp.asarray(fill, images.dtype), images)
 
 
-def apply(config, key, images):
-  """The augmentations `config` (config.augment) enables, in order flip, translate, erase."""
+def apply(config, key, images, coin_key=None, indices=None, epoch=None):
+  """The augmentations `config` (config.augment) enables, in order flip, translate, erase.
+  alternate_flip takes `coin_key`, the images' dataset `indices` and the `epoch` (alternating_flip)."""
   if config.flip:
     images = random_flip(jax.random.fold_in(key, 0), images)
+  if config.alternate_flip:
+    images = alternating_flip(coin_key, images, indices, epoch)
   if config.translate_pixels:
     images = random_translate(jax.random.fold_in(key, 1), images, config.translate_pixels)
   if config.erase_probability:

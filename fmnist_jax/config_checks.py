@@ -230,6 +230,11 @@ def check_recipe(config) -> None:
   a = config.augment
   if not isinstance(a.flip, bool):
     raise errors.ConfigError(f"config.augment.flip={a.flip!r} must be True or False")
+  if not isinstance(a.alternate_flip, bool):
+    raise errors.ConfigError(f"config.augment.alternate_flip={a.alternate_flip!r} must be True or False")
+  if a.flip and a.alternate_flip:
+    raise errors.ConfigError("config.augment.alternate_flip=True replaces the random mirror: set "
+                             "config.augment.flip=False")
   _shift_pixels(a, "augment.", "translate_pixels")
   _shift_pixels(config, "", "eval_tta_shift_pixels")
   _in_range(a, "augment.", "erase_probability", 0.0, 1.0)

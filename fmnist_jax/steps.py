@@ -74,10 +74,12 @@ def _ema(ema_tree, tree, decay: float, step):
   return jax.tree.map(lambda e, p: e + weight * (p - e), ema_tree, tree)
 
 
-def train_step(state: TrainState, batch, step_key, *, config) -> tuple:
+def train_step(state: TrainState, batch, step_key, *, config, epoch=None) -> tuple:
   """One optimizer step on a batch {'image': float [B,28,28,1], 'label': int32 [B]} → (state, metrics).
 
   Augmentation and dropout draw from fold_in(step_key, state.step): a pure function of (seed, step).
+  With config.augment.alternate_flip the batch also holds the images' dataset indices ('index'
+  [B]) and `epoch` is the step's epoch: each image's mirroring depends on them and the seed.
   """
   images, labels = batch["image"], batch["label"]
 
@@ -85,7 +87,8 @@ def train_step(state: TrainState, batch, step_key, *, config) -> tuple:
     return jax.random.fold_in(jax.random.fold_in(step_key, state.step), purpose)
 
   if augment.enabled(config.augment):
-    images = augment.apply(config.augment, key(0), images)
+    images = augment.apply(config.augment, key(0), images, jax.random.fold_in(step_key, augment.COIN_DATA),
+                           batch.get("index"), epoch)
   has_stats = state.batch_stats is not None
   rngs = {"dropout": key(1)} if config.model.get("dropout_rate") else None
 
@@ -133,7 +136,11 @@ def train_steps(state, images, labels, perm, step_key, start_index, num_steps, *
 
   def one_step(state, index):
     batch = input_pipeline.gather_batch(images, labels, perm, index, config.batch_size)
-    return train_step(state, parallel.shard_batch(mesh, batch), step_key, config=config)
+    epoch = None
+    if config.augment.alternate_flip:  # Each image's mirroring follows its dataset index and the epoch.
+      batch["index"] = jax.lax.dynamic_slice_in_dim(perm, index * config.batch_size, config.batch_size)
+      epoch = state.step // (images.shape[0] // config.batch_size)
+    return train_step(state, parallel.shard_batch(mesh, batch), step_key, config=config, epoch=epoch)
 
   state, acc = one_step(state, start_index)
 

@@ -103,3 +103,70 @@ def test_training_step_augments_from_seed_and_step(fmnist, field, value):
   assert float(loss) == float(step(state, steps.derive_keys(0)[2]))  # Same (seed, step), same images.
   assert float(loss) != float(plain)  # Augmented.
   assert float(step(state.replace(step=state.step + 1), steps.derive_keys(0)[2])) != float(loss)  # Other step.
+
+
+def test_alternating_flip_mirrors_each_image_in_exactly_every_other_epoch():
+  images = ramp_images()
+  indices = jnp.arange(1000, 1000 + N)
+  mirror = np.asarray(images)[:, :, ::-1]
+  mirrored = []
+  for epoch in range(4):
+    out = np.asarray(augment.alternating_flip(KEY, images, indices, epoch))
+    m = np.all(out == mirror, axis=(1, 2, 3))
+    assert np.all(m ^ np.all(out == np.asarray(images), axis=(1, 2, 3)))  # Each image mirrored or unchanged.
+    mirrored.append(m)
+  assert 0.25 < mirrored[0].mean() < 0.75  # Epoch 0: a coin per image.
+  np.testing.assert_array_equal(mirrored[1], ~mirrored[0])  # Odd epochs mirror exactly the others.
+  np.testing.assert_array_equal(mirrored[2], mirrored[0])
+  np.testing.assert_array_equal(mirrored[3], mirrored[1])
+  # The coin belongs to the image's dataset index, not to its place in the batch.
+  order = np.random.RandomState(0).permutation(N)
+  out = np.asarray(augment.alternating_flip(KEY, images[order], indices[order], 5))
+  np.testing.assert_array_equal(np.all(out == mirror[order], axis=(1, 2, 3)), mirrored[1][order])
+
+
+def test_training_steps_give_alternating_flip_the_batch_indices_and_the_epoch(monkeypatch):
+  import functools
+
+  from fmnist_jax import parallel
+  from fmnist_jax import steps
+  from tests.conftest import tiny_config
+  config = tiny_config(**{"augment.alternate_flip": True, "batch_size": 10})
+  seen = []
+
+  def record(key, images, indices, epoch):
+    if not isinstance(indices, jax.core.Tracer):  # The first step runs eagerly; the loop's body is traced.
+      seen.append((np.asarray(indices), int(epoch)))
+    return images
+
+  monkeypatch.setattr(augment, "alternating_flip", record)
+  state = steps.create_train_state(config, jax.random.PRNGKey(0))
+  images = jnp.zeros((50, 28, 28, 1), jnp.uint8)  # 5 steps per epoch.
+  labels = jnp.zeros((50,), jnp.int32)
+  perm = jnp.arange(50)[::-1]
+  train_steps = functools.partial(steps.train_steps, config=config, mesh=parallel.make_mesh())
+  train_steps(state, images, labels, perm, steps.derive_keys(0)[2], 2, 1)
+  train_steps(state.replace(step=7), images, labels, perm, steps.derive_keys(0)[2], 2, 1)
+  (indices0, epoch0), (indices1, epoch1) = seen
+  np.testing.assert_array_equal(indices0, np.arange(50)[::-1][20:30])
+  np.testing.assert_array_equal(indices1, indices0)
+  assert (epoch0, epoch1) == (0, 1)
+
+
+@pytest.mark.slow
+def test_alternating_flip_resumes_bitwise_across_an_epoch_and_vmaps_like_a_single_run(tmp_path):
+  from fmnist_jax import train
+  from tests.conftest import tiny_config
+  from tests.test_ensemble import assert_params_close
+  from tests.test_ensemble import final_params
+  # 60000 / 2000 = 30 steps per epoch: stop inside epoch 0 and resume into epoch 1.
+  args = {"augment.alternate_flip": True, "batch_size": 2000, "num_train_steps": 40, "checkpoint_every_steps": 10}
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  train.train_and_evaluate(tiny_config(**args), straight)
+  train.train_and_evaluate(tiny_config(**{**args, "num_train_steps": 20}), resumed)
+  train.train_and_evaluate(tiny_config(**args), resumed)
+  for x, y in zip(jax.tree.leaves(final_params(straight)[1]), jax.tree.leaves(final_params(resumed)[1])):
+    np.testing.assert_array_equal(x, y)
+  members = [str(tmp_path / "member0"), str(tmp_path / "member1")]
+  train.train_and_evaluate_many([tiny_config(**args), tiny_config(seed=1, **args)], members)
+  assert_params_close(final_params(members[0])[1], final_params(straight)[1])

@@ -15,7 +15,8 @@ EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}  # Rea
 STEPS = 5
 CONFIG_ARGS = {"batch_size": 96, "num_train_steps": STEPS, "eval_every_steps": STEPS,  # 96 splits over 8.
                "checkpoint_every_steps": STEPS, "log_every_steps": STEPS,
-               "model.conv_features": (4, 8), "model.dense_features": 16}
+               "model.conv_features": (4, 8), "model.dense_features": 16,
+               "augment.alternate_flip": True}  # Its per-image coins follow the dataset index, not the shard.
 
 # Runs in a fresh process so that XLA_FLAGS applies: a single run, a vmapped pair, and the compiled
 # train step (whose gradient must be all-reduced across the devices if the batch is really split).

@@ -273,6 +273,7 @@ def test_eight_devices_train_batch_norm_with_global_statistics_as_one_device(tmp
     ({"warmup_fraction": 1.5}, "config.warmup_fraction=1.5 must be a number in [0.0, 1.0]"),
     ({"ema_decay": 1.0}, "config.ema_decay=1.0 must be a number in [0, 1)"),
     ({"augment.translate_pixels": -1}, "config.augment.translate_pixels=-1 must be an integer in [0, 27]"),
+    ({"augment.alternate_flip": True}, "config.augment.alternate_flip=True replaces the random mirror"),
     ({"eval_tta_shift_pixels": 28}, "config.eval_tta_shift_pixels=28 must be an integer in [0, 27]"),
     ({"augment.erase_area": (0.5, 0.1)}, "config.augment.erase_area=(0.5, 0.1) must be (low, high)"),
     ({"model.name": "vit"}, "config.model.name='vit' must be one of ('cnn', 'resnet')"),
