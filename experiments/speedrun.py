@@ -11,7 +11,9 @@ Measured results and how they compare with the base config are in the README ("R
 from fmnist_jax.experiments import base
 
 
-def get_config():
+def get_config(variant: str = "94"):
+  if variant not in ("94", "short"):
+    raise ValueError(f"experiments/speedrun.py:{variant}: the variant must be '94' (default) or 'short'")
   config = base.get_config()
 
   # --- Model: [conv3x3 - BN - relu - pool] x 3 (16, 64, 128 channels; 28 -> 14 -> 7 -> 3) - dense 128 - relu - dense 10
@@ -25,7 +27,7 @@ def get_config():
   # --- Optimizer and schedule -------------------------------------------------
   config.optimizer = "muon"  # Muon: orthogonalized momentum for the kernels, Adam for biases and BatchNorm.
   config.momentum = 0.9  # Muon's momentum (Nesterov).
-  config.learning_rate = 0.03  # Peak Muon rate.
+  config.learning_rate = 0.03 if variant == "short" else 0.05  # Peak Muon rate.
   config.adam_learning_rate = 0.003  # Peak Adam rate of the biases and BatchNorm scales and offsets.
   config.weight_decay = 0.0  # No weight decay (Muon's is decoupled: rate x decay per step).
   config.schedule = "warmup_linear"  # Linear rise, then linear decay to lr_end_factor.
@@ -35,12 +37,17 @@ def get_config():
 
   # --- Regularization, augmentation, evaluation ------------------------------
   config.label_smoothing = 0.1  # Smoothed targets.
-  config.augment.flip = True  # Random mirror; translation cost accuracy at this length.
-  config.eval_flip_tta = True  # Evaluation and prediction average each image with its mirror.
+  if variant == "short":
+    config.augment.flip = True  # Random mirror; translation cost accuracy at this length.
+  else:
+    config.augment.alternate_flip = True  # Each image mirrored in every other epoch.
+    config.augment.translate_pixels = 2  # Random shifts of up to 2 pixels.
+  config.eval_flip_tta = True  # Evaluation and prediction average each image with its mirror ...
+  config.eval_tta_shift_pixels = 0 if variant == "short" else 1  # ... and its 1-pixel shifts (10 views).
 
   # --- Length -----------------------------------------------------------------
   config.batch_size = 128  # Smaller batches: more updates per epoch at the same cost per image.
-  config.num_epochs = 3  # 1404 steps.
+  config.num_epochs = 3 if variant == "short" else 8  # 1404 or 3744 steps.
   config.eval_every_steps = 468  # Once per epoch (an evaluation costs several training steps here).
   config.log_every_steps = 117  # Four train windows per epoch.
   config.checkpoint_every_steps = 468  # Once per epoch.
