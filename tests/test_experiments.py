@@ -10,7 +10,8 @@ import fmnist_jax
 from fmnist_jax import config_checks
 from fmnist_jax import models
 
-CONFIGS = [("base", ()), ("speedrun", ()), ("best", ()), ("best", ("cpu",)), ("resnet_smoke", ())]
+CONFIGS = [("base", ()), ("speedrun", ()), ("speedrun", ("short",)), ("best", ()), ("best", ("cpu",)),
+           ("resnet_smoke", ())]
 
 
 @pytest.mark.parametrize("name,args", CONFIGS)
@@ -32,3 +33,15 @@ def test_recipes_keep_the_seeds_data_and_execution_settings():
 def test_best_refuses_an_unknown_size():
   with pytest.raises(ValueError, match="gpu' or 'cpu"):
     importlib.import_module("fmnist_jax.experiments.best").get_config("tpu")
+
+
+def test_speedrun_short_is_the_three_epoch_record_and_the_default_differs_only_in_its_recipe():
+  speedrun = importlib.import_module("fmnist_jax.experiments.speedrun")
+  short, full = speedrun.get_config("short"), speedrun.get_config()
+  assert (short.num_epochs, short.learning_rate, short.augment.flip, short.augment.alternate_flip,
+          short.augment.translate_pixels, short.eval_tta_shift_pixels) == (3, 0.03, True, False, 0, 0)
+  assert (full.num_epochs, full.learning_rate, full.augment.flip, full.augment.alternate_flip,
+          full.augment.translate_pixels, full.eval_tta_shift_pixels) == (8, 0.05, False, True, 2, 1)
+  assert short.model.to_dict() == full.model.to_dict() and short.batch_size == full.batch_size
+  with pytest.raises(ValueError, match="'94' \\(default\\) or 'short'"):
+    speedrun.get_config("long")
