@@ -213,6 +213,8 @@ def parse_flags(argv: List[str]) -> List[str]:
     for name in CONFIG_FLAGS:
       config = train_cli.load_config_file(train_cli._flag_value(argv, name), f"--{name}")  # pylint: disable=protected-access
       argv = cli.last_flag_wins(argv, name, lambda field, c=config: train_cli._field_type(c, field) is bool)  # pylint: disable=protected-access
+  saved_argv = sys.argv
+  sys.argv = argv  # ml_collections reads the --config.FIELD names from sys.argv.
   try:
     return cli.parse_flags(argv)
   except (AttributeError, KeyError) as e:  # ml_collections: AttributeError(KeyError("'name'\nDid you mean ...")).
@@ -220,6 +222,8 @@ def parse_flags(argv: List[str]) -> List[str]:
       e = e.args[0]
     errors.fail(f"unknown config field {cli.one_line(e.args[0] if e.args else e)}; a --config.FIELD or "
                 "--baseline.FIELD flag must name a field of its config file", errors.EXIT_USER_ERROR)
+  finally:
+    sys.argv = saved_argv
 
 
 def _print_and_exit_on_signals(latest: Dict) -> None:

@@ -16,9 +16,11 @@ probes are in docs/recipes.md ("Speedrun 94").
 
 from fmnist_jax.experiments import base
 
+VARIANTS = ("94", "short")  # --config=experiments/speedrun.py:VARIANT; without one, "94".
+
 
 def get_config(variant: str = "94"):
-  if variant not in ("94", "short"):
+  if variant not in VARIANTS:
     raise ValueError(f"experiments/speedrun.py:{variant}: the variant must be '94' (default) or 'short'")
   config = base.get_config()
 
