@@ -14,13 +14,15 @@ from absl import logging
 from fmnist_jax import run_folder
 from fmnist_jax import tf_compat
 
+_NOTF = "tensorboard.compat.notf"  # Present in sys.modules, tensorboard uses its TF-free stub.
+
 
 class EventFileWriter:
   """The subset of clu.metric_writers.MetricWriter we use, over tensorboard's own event writer."""
 
   def __init__(self, logdir: str):
     if sys.modules.get("tensorflow") is None:  # tensorboard's file I/O would import an installed TF: use its stub.
-      sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+      sys.modules.setdefault(_NOTF, types.ModuleType(_NOTF))
     from tensorboard.summary.writer import event_file_writer  # pylint: disable=g-import-not-at-top
     self._writer = event_file_writer.EventFileWriter(logdir)
 
@@ -64,7 +66,9 @@ def create_writer(logdir: str, *, enabled: bool = True):
   """A writer for `logdir`; `enabled=False` for processes that must not write."""
   if not enabled:
     return NullWriter()
-  if sys.modules.get("tensorflow") is not None:  # TFDS loaded it: CLU's asynchronous writer costs no import.
+  # CLU's asynchronous writer once TFDS has loaded TensorFlow (it then costs no import), unless this
+  # process already gave tensorboard its TF-free stub, which tensorboard's summaries would then use.
+  if sys.modules.get("tensorflow") is not None and _NOTF not in sys.modules:
     tf_compat.import_tensorflow()
     from clu import metric_writers  # pylint: disable=g-import-not-at-top  # Imports TF.
     return metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir))
