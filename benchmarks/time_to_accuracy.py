@@ -211,19 +211,9 @@ def parse_flags(argv: List[str]) -> List[str]:
   from fmnist_jax import main as train_cli  # pylint: disable=g-import-not-at-top
   if not cli.asks_for_help(argv):
     for name in CONFIG_FLAGS:
-      config = train_cli.load_config_file(train_cli._flag_value(argv, name), f"--{name}")  # pylint: disable=protected-access
-      argv = cli.last_flag_wins(argv, name, lambda field, c=config: train_cli._field_type(c, field) is bool)  # pylint: disable=protected-access
-  saved_argv = sys.argv
-  sys.argv = argv  # ml_collections reads the --config.FIELD names from sys.argv.
-  try:
-    return cli.parse_flags(argv)
-  except (AttributeError, KeyError) as e:  # ml_collections: AttributeError(KeyError("'name'\nDid you mean ...")).
-    while e.args and isinstance(e.args[0], BaseException):
-      e = e.args[0]
-    errors.fail(f"unknown config field {cli.one_line(e.args[0] if e.args else e)}; a --config.FIELD or "
-                "--baseline.FIELD flag must name a field of its config file", errors.EXIT_USER_ERROR)
-  finally:
-    sys.argv = saved_argv
+      config = train_cli.load_config_file(train_cli.flag_value(argv, name), f"--{name}")
+      argv = cli.last_flag_wins(argv, name, lambda field, c=config: train_cli.field_type(c, field) is bool)
+  return train_cli.parse_overrides(argv, CONFIG_FLAGS)
 
 
 def _print_and_exit_on_signals(latest: Dict) -> None:

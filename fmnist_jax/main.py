@@ -4,7 +4,7 @@ import inspect
 import os
 import re
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 
 from absl import flags
 import ml_collections
@@ -42,23 +42,31 @@ def parse_flags(argv):
   """
   config, switch_to, model_flags = None, None, []
   if not cli.asks_for_help(argv):
-    config = load_config_file(_flag_value(argv, "config"))
-    argv = cli.last_flag_wins(argv, "config", lambda field: _field_type(config, field) is bool)
+    config = load_config_file(flag_value(argv, "config"))
+    argv = cli.last_flag_wins(argv, "config", lambda field: field_type(config, field) is bool)
     switch_to, argv, model_flags = _family_switch(argv, config)
-  saved_argv = sys.argv
-  sys.argv = argv  # ml_collections reads the --config.FIELD names from sys.argv.
-  try:
-    rest = cli.parse_flags(argv, more_help=lambda: config_fields(_flag_value(argv, "config")))
-  except (AttributeError, KeyError) as e:  # AttributeError(KeyError("'name'\nDid you mean ...")).
-    while e.args and isinstance(e.args[0], BaseException):
-      e = e.args[0]
-    errors.fail(f"unknown config field {cli.one_line(e.args[0] if e.args else e)}; a --config.FIELD flag must "
-                "name a field of the config file", errors.EXIT_USER_ERROR)
-  finally:
-    sys.argv = saved_argv
+  rest = parse_overrides(argv, ("config",), more_help=lambda: config_fields(flag_value(argv, "config")))
   if switch_to is not None:
     _switch_family(FLAGS.config, switch_to, argv[0], model_flags)
   return rest
+
+
+def parse_overrides(argv, names: Sequence[str], more_help=None):
+  """cli.parse_flags for a program whose config-file flags are `names`: ml_collections reads their
+  --NAME.FIELD overrides from sys.argv and raises an unknown FIELD as AttributeError (absl would print
+  a traceback); here it is one `error:` line, exit 2."""
+  saved_argv = sys.argv
+  sys.argv = argv
+  try:
+    return cli.parse_flags(argv, more_help=more_help)
+  except (AttributeError, KeyError) as e:  # AttributeError(KeyError("'name'\nDid you mean ...")).
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]
+    flags_named = " or ".join(f"--{name}.FIELD" for name in names)
+    errors.fail(f"unknown config field {cli.one_line(e.args[0] if e.args else e)}; a {flags_named} flag must "
+                f"name a field of {'the' if len(names) == 1 else 'its'} config file", errors.EXIT_USER_ERROR)
+  finally:
+    sys.argv = saved_argv
 
 
 _MODEL_FLAG = re.compile(r"--?(no)?config\.model\.(\w+)(=.*)?", re.DOTALL)
@@ -67,7 +75,7 @@ _MODEL_FLAG = re.compile(r"--?(no)?config\.model\.(\w+)(=.*)?", re.DOTALL)
 def _family_switch(argv, config):
   """(family, argv without its --config.model.* flags, those flags) when --config.model.name names
   another family than the config's model section holds; else (None, argv, [])."""
-  name = _flag_value(argv, "config.model.name")
+  name = flag_value(argv, "config.model.name")
   if config is None or name not in model_families.NAMES or name == model_families.family_of(config.model):
     return None, argv, []
   target = model_families.defaults(name)
@@ -156,7 +164,7 @@ class _ConfigFileParser(config_flags_lib.ConfigFileFlagParser):
 FLAGS["config"].parser = _ConfigFileParser("config", lock_config=True)
 
 
-def _flag_value(argv, name: str) -> Optional[str]:
+def flag_value(argv, name: str) -> Optional[str]:
   """The last value of --name in `argv` (`--name=v` or `--name v`), else None."""
   value = None
   for i, arg in enumerate(argv[1:], 1):
@@ -169,7 +177,7 @@ def _flag_value(argv, name: str) -> Optional[str]:
   return value
 
 
-def _field_type(config, field: str):
+def field_type(config, field: str):
   """The type of the dotted `field` of `config`, or None if it has no such field."""
   *parents, leaf = field.split(".")
   node = config
