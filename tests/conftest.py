@@ -108,6 +108,36 @@ def rolled_back_copy(workdir: str, copy: str, keep_through: int) -> str:
   return copy
 
 
+def final_params(workdir):
+  """(step, params) of a workdir's newest checkpoint."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from fmnist_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import run_folder  # pylint: disable=g-import-not-at-top
+  from fmnist_jax import steps  # pylint: disable=g-import-not-at-top
+  config = run_folder.load_config(workdir)
+  abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.PRNGKey(0)).params)
+  return checkpoints.Checkpointer(workdir, read_only=True).restore_params(abstract)
+
+
+def assert_resume_across_an_epoch_is_bitwise(tmp_path, **overrides) -> str:
+  """Trains tiny_config(**overrides) for 40 steps of batch 2000 (30 steps per epoch) straight, and
+  stopped at step 20 then resumed into epoch 1: the final parameters must be bitwise equal. Returns
+  the straight run's workdir."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from fmnist_jax import train  # pylint: disable=g-import-not-at-top
+  args = {**overrides, "batch_size": 2000, "num_train_steps": 40, "checkpoint_every_steps": 10}
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  train.train_and_evaluate(tiny_config(**args), straight)
+  train.train_and_evaluate(tiny_config(**{**args, "num_train_steps": 20}), resumed)
+  train.train_and_evaluate(tiny_config(**args), resumed)
+  for x, y in zip(jax.tree.leaves(final_params(straight)[1]), jax.tree.leaves(final_params(resumed)[1])):
+    np.testing.assert_array_equal(x, y)
+  return straight
+
+
 def run_module(args, env=None, timeout=900):
   """Runs `python -m ...` from the repo root; returns the CompletedProcess (text)."""
   full_env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}

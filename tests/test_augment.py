@@ -156,17 +156,10 @@ def test_training_steps_give_alternating_flip_the_batch_indices_and_the_epoch(mo
 @pytest.mark.slow
 def test_alternating_flip_resumes_bitwise_across_an_epoch_and_vmaps_like_a_single_run(tmp_path):
   from fmnist_jax import train
-  from tests.conftest import tiny_config
+  from tests.conftest import assert_resume_across_an_epoch_is_bitwise, final_params, tiny_config
   from tests.test_ensemble import assert_params_close
-  from tests.test_ensemble import final_params
-  # 60000 / 2000 = 30 steps per epoch: stop inside epoch 0 and resume into epoch 1.
+  straight = assert_resume_across_an_epoch_is_bitwise(tmp_path, **{"augment.alternate_flip": True})
   args = {"augment.alternate_flip": True, "batch_size": 2000, "num_train_steps": 40, "checkpoint_every_steps": 10}
-  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  train.train_and_evaluate(tiny_config(**args), straight)
-  train.train_and_evaluate(tiny_config(**{**args, "num_train_steps": 20}), resumed)
-  train.train_and_evaluate(tiny_config(**args), resumed)
-  for x, y in zip(jax.tree.leaves(final_params(straight)[1]), jax.tree.leaves(final_params(resumed)[1])):
-    np.testing.assert_array_equal(x, y)
   members = [str(tmp_path / "member0"), str(tmp_path / "member1")]
   train.train_and_evaluate_many([tiny_config(**args), tiny_config(seed=1, **args)], members)
   assert_params_close(final_params(members[0])[1], final_params(straight)[1])

@@ -7,20 +7,11 @@ import numpy as np
 import pytest
 
 from fmnist_jax import checkpoints
-from fmnist_jax import run_folder
-from fmnist_jax import steps
 from fmnist_jax import train
-from tests.conftest import rolled_back_copy, tiny_config, unchecked_optimizer
+from tests.conftest import final_params, rolled_back_copy, tiny_config, unchecked_optimizer
 
 METRIC_ATOL = 5e-4  # Float rounding may flip a few of the 10,000 test predictions.
 DIVERGING_LR = 1e20  # Adam moves every weight by ~lr on its first step: the next loss is NaN.
-
-
-def final_params(workdir):
-  """(step, params) of a workdir's newest checkpoint."""
-  config = run_folder.load_config(workdir)
-  abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.PRNGKey(0)).params)
-  return checkpoints.Checkpointer(workdir, read_only=True).restore_params(abstract)
 
 
 def assert_params_close(a, b):

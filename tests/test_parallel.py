@@ -6,9 +6,8 @@ import textwrap
 
 import pytest
 
-from tests.conftest import run_module, tiny_config
+from tests.conftest import final_params, run_module, tiny_config
 from tests.test_ensemble import assert_params_close
-from tests.test_ensemble import final_params
 from tests.test_ensemble import METRIC_ATOL
 
 EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}  # Read when jax starts its backend.

@@ -13,9 +13,8 @@ import pytest
 from fmnist_jax import checkpoints
 from fmnist_jax import errors
 from fmnist_jax import sweep
-from tests.conftest import REPO, roll_back, run_module, tiny_config
+from tests.conftest import final_params, REPO, roll_back, run_module, tiny_config
 from tests.test_ensemble import assert_params_close
-from tests.test_ensemble import final_params
 from tests.test_ensemble import METRIC_ATOL
 from tests.test_run_folder import folder_contents
 from tests.test_run_folder import held_by_another_process
