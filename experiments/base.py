@@ -40,6 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.activation = "elu"  # Nonlinearity after each conv and the dense layer (any flax.linen activation name).
   config.model.batch_norm = False  # BatchNorm between each conv and its activation (the convs then have no bias).
   config.model.batch_norm_momentum = 0.9  # BatchNorm running statistics: new = momentum * old + (1 - momentum) * batch's.
+  config.model.batch_norm_scale = True  # BatchNorm learns a scale (False: offset only, the scale fixed at 1).
+  config.model.convs_per_stage = 1  # 1: conv-act-pool stages; 2: conv-pool-act-conv-act (the second conv at half size).
+  config.model.whiten_kernel_size = 0  # k > 0: a first VALID kxk conv with fixed patch-whitening filters of the training images (fmnist_jax/whitening.py).
+  config.model.whiten_eps = 5e-4  # Added to each patch-covariance eigenvalue before its filter is scaled by 1/sqrt.
   config.dtype = "float32"  # Compute dtype ("float32" or "bfloat16"); parameters and Adam state stay float32.
 
   # --- Optimizer (fmnist_jax/optimizers.py) ---------------------------------

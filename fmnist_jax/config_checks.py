@@ -107,10 +107,19 @@ def check_model(config) -> None:
   if isinstance(dense, bool) or not isinstance(dense, int) or dense < 0:
     raise errors.ConfigError(f"config.model.dense_features={dense!r} must be a non-negative integer "
                              "(0: no hidden layer)")
-  if not isinstance(model.batch_norm, bool):
-    raise errors.ConfigError(f"config.model.batch_norm={model.batch_norm!r} must be True or False")
+  for name in ("batch_norm", "batch_norm_scale"):
+    if not isinstance(model[name], bool):
+      raise errors.ConfigError(f"config.model.{name}={model[name]!r} must be True or False")
   _in_range(model, "model.", "batch_norm_momentum", 0.0, 1.0, high_open=True)
-  size = list(fmnist_jax.IMAGE_SHAPE[:2])
+  _positive(config, "model.convs_per_stage")
+  whiten = model.whiten_kernel_size
+  if isinstance(whiten, bool) or not isinstance(whiten, int) or not 0 <= whiten <= min(fmnist_jax.IMAGE_SHAPE[:2]):
+    raise errors.ConfigError(f"config.model.whiten_kernel_size={whiten!r} must be 0 (no whitening stem) or a "
+                             "patch size such as 2 or 3")
+  eps = model.whiten_eps
+  if not (_is_number(eps) and math.isfinite(eps) and eps > 0):
+    raise errors.ConfigError(f"config.model.whiten_eps={eps!r} must be > 0 (e.g. 5e-4): it keeps 1/sqrt(eigenvalue) finite")
+  size = [s - max(whiten - 1, 0) for s in fmnist_jax.IMAGE_SHAPE[:2]]  # A whitening stem is a VALID conv.
   for _ in model.conv_features:  # Each conv keeps the size (SAME); its pool divides it (stride = window).
     size = [s // p for s, p in zip(size, model.pool_size)]
   if min(size) < 1:

@@ -14,6 +14,27 @@ import jax.numpy as jnp
 
 from fmnist_jax import kernels
 from fmnist_jax import runtime
+from fmnist_jax import whitening
+
+
+class WhiteningStem(nn.Module):
+  """A k×k VALID convolution whose filters are fixed (no gradient reaches them) and a trained bias.
+  `steps.init_variables` sets the filters to the training images' patch whitening
+  (fmnist_jax/whitening.py); initialized here they are zeros."""
+
+  kernel_size: int
+  dtype: jnp.dtype = jnp.float32
+  conv: Callable = jax.lax.conv_general_dilated
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    k, channels = self.kernel_size, x.shape[-1]
+    features = whitening.num_filters(k, channels)
+    kernel = self.param("kernel", nn.initializers.zeros_init(), (k, k, channels, features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (features,))
+    y = self.conv(x, jax.lax.stop_gradient(kernel).astype(self.dtype), (1, 1), "VALID",
+                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias.astype(self.dtype)
 
 
 class CNN(nn.Module):
@@ -21,6 +42,9 @@ class CNN(nn.Module):
 
   Beyond the seed: `batch_norm` puts BatchNorm between each conv and its activation (the convs
   then have no bias), and `dense_features=0` maps the flattened features straight to the logits.
+  airbench's structure: `whiten_kernel_size` puts a patch-whitening stem (and the activation) first;
+  `convs_per_stage=2` makes each stage conv → pool → [BN] act → conv → [BN] act (its second conv
+  at the pooled resolution); `batch_norm_scale=False` leaves BatchNorm without a learned scale.
   """
 
   conv_features: Sequence[int] = (64, 64)
@@ -31,6 +55,9 @@ class CNN(nn.Module):
   activation: Callable[[jnp.ndarray], jnp.ndarray] = nn.elu
   batch_norm: bool = False
   batch_norm_momentum: float = 0.9
+  batch_norm_scale: bool = True
+  whiten_kernel_size: int = 0  # 0: no whitening stem.
+  convs_per_stage: int = 1
   dtype: jnp.dtype = jnp.float32  # Compute dtype; parameters stay float32.
   conv: Callable = jax.lax.conv_general_dilated  # nn.Conv's convolution (kernels.conv_function picks it).
   max_pool: Callable = kernels.xla_max_pool  # (x, window) -> pooled; kernels.max_pool_function picks it.
@@ -40,13 +67,26 @@ class CNN(nn.Module):
     """Maps images [N, 28, 28, 1] in [0, 1] to float32 logits [N, num_classes]; BatchNorm (if any)
     normalizes with the batch's statistics and updates its running ones only in training."""
     x = x.astype(self.dtype)
-    for features in self.conv_features:
-      x = nn.Conv(features, tuple(self.kernel_size), padding="SAME", dtype=self.dtype, use_bias=not self.batch_norm,
-                  conv_general_dilated=self.conv)(x)
+    if self.whiten_kernel_size:
+      x = self.activation(WhiteningStem(self.whiten_kernel_size, self.dtype, self.conv, name="whiten")(x))
+
+    def conv(x, features):
+      return nn.Conv(features, tuple(self.kernel_size), padding="SAME", dtype=self.dtype,
+                     use_bias=not self.batch_norm, conv_general_dilated=self.conv)(x)
+
+    def norm_act(x):
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum, dtype=self.dtype)(x)
-      x = self.activation(x)
-      x = self.max_pool(x, tuple(self.pool_size))
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum,
+                         use_scale=self.batch_norm_scale, dtype=self.dtype)(x)
+      return self.activation(x)
+
+    for features in self.conv_features:
+      if self.convs_per_stage == 1:  # The seed's order: the pool last.
+        x = self.max_pool(norm_act(conv(x, features)), tuple(self.pool_size))
+      else:
+        x = norm_act(self.max_pool(conv(x, features), tuple(self.pool_size)))
+        for _ in range(self.convs_per_stage - 1):
+          x = norm_act(conv(x, features))
     x = x.reshape((x.shape[0], -1))
     if self.dense_features:
       x = self.activation(nn.Dense(self.dense_features, dtype=self.dtype)(x))
@@ -140,6 +180,9 @@ def create_model(config, rt=None) -> nn.Module:
       activation=getattr(nn, m.activation),
       batch_norm=m.batch_norm,
       batch_norm_momentum=m.batch_norm_momentum,
+      batch_norm_scale=m.batch_norm_scale,
+      whiten_kernel_size=m.whiten_kernel_size,
+      convs_per_stage=m.convs_per_stage,
       dtype=jnp.dtype(config.dtype),
       conv=kernels.conv_function(rt.conv_impl),
       max_pool=kernels.max_pool_function(rt.pool_impl),

@@ -46,17 +46,23 @@ def schedule_factor(config, num_steps: int):
   return optax.join_schedules([rise, fall], [warmup])
 
 
+def _trained_kernel(path, p) -> bool:
+  """A kernel (rank > 1) other than a whitening stem's fixed filters."""
+  return p.ndim > 1 and not any(getattr(k, "key", None) == "whiten" for k in path)
+
+
 def _decay_mask(params):
-  """Weight decay applies to kernels (rank > 1), not to biases or BatchNorm scales and offsets."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """Weight decay applies to trained kernels, not to biases, BatchNorm scales and offsets, or fixed filters."""
+  return jax.tree_util.tree_map_with_path(_trained_kernel, params)
 
 
 def _muon_dimension_numbers(params):
-  """Muon orthogonalizes each kernel as a [fan_in, fan_out] matrix (a conv kernel [h, w, in, out] as
-  [h * w * in, out]); the other parameters (None: biases, BatchNorm scales and offsets) go to Adam."""
-  return jax.tree.map(
-      lambda p: optax.contrib.MuonDimensionNumbers(tuple(range(p.ndim - 1)), p.ndim - 1) if p.ndim > 1 else None,
-      params)
+  """Muon orthogonalizes each trained kernel as a [fan_in, fan_out] matrix (a conv kernel [h, w, in,
+  out] as [h * w * in, out]); the other parameters (None: biases, BatchNorm scales and offsets, fixed
+  filters, whose gradient is zero) go to Adam, without weight decay."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: optax.contrib.MuonDimensionNumbers(tuple(range(p.ndim - 1)), p.ndim - 1)
+      if _trained_kernel(path, p) else None, params)
 
 
 def create(config, num_steps: int) -> optax.GradientTransformation:
@@ -78,7 +84,8 @@ def create(config, num_steps: int) -> optax.GradientTransformation:
     def muon(learning_rate, adam_learning_rate, momentum, b1, b2, eps, weight_decay):
       """optax's Muon scales by both peak rates itself; the schedule follows."""
       return optax.chain(*head, optax.contrib.muon(
-          learning_rate, beta=momentum, eps=eps, weight_decay=weight_decay, adam_b1=b1, adam_b2=b2,
+          learning_rate, beta=momentum, eps=eps, weight_decay=weight_decay, weight_decay_mask=_decay_mask,
+          adam_b1=b1, adam_b2=b2,
           adam_learning_rate=adam_learning_rate, muon_weight_dimension_numbers=_muon_dimension_numbers), *schedule)
     factory = muon
   elif config.optimizer == "sgd":

@@ -103,8 +103,8 @@ class Trainer:
     replicated = parallel.replicated(mesh)
     jit = functools.partial(jax.jit, compiler_options=self.runtime.compiler_options)
     # Members are initialized one by one: a vmapped init compiled 2x slower than the single one.
-    self._init = jit(functools.partial(steps.create_train_state, config, runtime=self.runtime),
-                     out_shardings=replicated)
+    self._init = jit(lambda key, images: steps.create_train_state(  # A whitening stem reads the images.
+        config, key, input_pipeline.to_float(images), runtime=self.runtime), out_shardings=replicated)
     train_steps = functools.partial(steps.train_steps, config=config, mesh=mesh)
     tta = inference.tta_of(config)
     permutation = functools.partial(input_pipeline.epoch_permutation, num_examples=num_train)
@@ -122,14 +122,14 @@ class Trainer:
 
   def initial_state(self):
     """A fresh state of this trainer's own config."""
-    return self._init(steps.derive_keys(self.config.seed)[0])
+    return self._init(steps.derive_keys(self.config.seed)[0], self.train_images)
 
   def abstract_state(self):
-    return jax.eval_shape(self._init, steps.derive_keys(self.config.seed)[0])
+    return jax.eval_shape(self._init, steps.derive_keys(self.config.seed)[0], self.train_images)
 
   def initial_states(self, configs: Sequence):
     """Fresh states, each member with its seed's parameters and its own hyperparameters."""
-    return self.stack([self._init(steps.derive_keys(c.seed)[0]) for c in configs], configs)
+    return self.stack([self._init(steps.derive_keys(c.seed)[0], self.train_images) for c in configs], configs)
 
   def stack(self, states: Sequence, configs: Sequence):
     """Member states (fresh or restored), each with its config's hyperparameters."""
