@@ -118,7 +118,8 @@ def check_model(config) -> None:
                              "patch size such as 2 or 3")
   eps = model.whiten_eps
   if not (_is_number(eps) and math.isfinite(eps) and eps > 0):
-    raise errors.ConfigError(f"config.model.whiten_eps={eps!r} must be > 0 (e.g. 5e-4): it keeps 1/sqrt(eigenvalue) finite")
+    raise errors.ConfigError(f"config.model.whiten_eps={eps!r} must be > 0 (e.g. 5e-4): it keeps the "
+                             "filters' 1/sqrt(eigenvalue) finite")
   size = [s - max(whiten - 1, 0) for s in fmnist_jax.IMAGE_SHAPE[:2]]  # A whitening stem is a VALID conv.
   for _ in model.conv_features:  # Each conv keeps the size (SAME); its pool divides it (stride = window).
     size = [s // p for s, p in zip(size, model.pool_size)]

@@ -17,7 +17,7 @@ from fmnist_jax import models
 from fmnist_jax import steps
 from fmnist_jax import train
 from fmnist_jax import whitening
-from tests.conftest import (assert_resume_across_an_epoch_is_bitwise, final_params, run_module, tiny_config)
+from tests.conftest import assert_resume_across_an_epoch_is_bitwise, final_params, run_module, tiny_config
 from tests.test_ensemble import assert_params_close
 
 AIRBENCH = {"model.whiten_kernel_size": 2, "model.convs_per_stage": 2, "model.batch_norm": True,
