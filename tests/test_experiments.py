@@ -10,7 +10,7 @@ import fmnist_jax
 from fmnist_jax import config_checks
 from fmnist_jax import models
 
-CONFIGS = [("base", ()), ("speedrun", ()), ("speedrun", ("short",)), ("best", ()), ("best", ("cpu",)),
+CONFIGS = [("base", ()), ("speedrun", ()), ("speedrun", ("conv3",)), ("speedrun", ("short",)), ("best", ()), ("best", ("cpu",)),
            ("resnet_smoke", ())]
 
 
@@ -35,18 +35,22 @@ def test_best_refuses_an_unknown_size():
     importlib.import_module("fmnist_jax.experiments.best").get_config("tpu")
 
 
-def test_speedrun_short_is_the_three_epoch_record_and_the_default_differs_only_in_its_recipe():
+def _differences(a, b) -> dict:
+  """{dotted field: (a's, b's)} where two configs differ."""
+  from fmnist_jax import run_folder  # pylint: disable=g-import-not-at-top
+  a, b = dict(run_folder.flat(a.to_dict())), dict(run_folder.flat(b.to_dict()))
+  return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def test_speedrun_variants_differ_only_in_their_recipes():
   speedrun = importlib.import_module("fmnist_jax.experiments.speedrun")
-  short, full = speedrun.get_config("short"), speedrun.get_config()
-  changed = {"num_epochs": (3, 8), "augment.translate_pixels": (0, 2), "eval_tta_shift_pixels": (0, 1)}
-  for field, values in changed.items():
-    node_short, node_full = short, full
-    for part in field.split(".")[:-1]:
-      node_short, node_full = node_short[part], node_full[part]
-    leaf = field.split(".")[-1]
-    assert (node_short[leaf], node_full[leaf]) == values
-    node_full[leaf] = node_short[leaf]
-  assert full.to_dict() == short.to_dict()  # Nothing else differs.
+  short, conv3, record = speedrun.get_config("short"), speedrun.get_config("conv3"), speedrun.get_config()
+  assert _differences(short, conv3) == {
+      "num_epochs": (3, 8), "augment.translate_pixels": (0, 2), "eval_tta_shift_pixels": (0, 1)}
+  assert _differences(conv3, record) == {
+      "model.whiten_kernel_size": (0, 2), "model.convs_per_stage": (1, 2), "batch_size": (128, 1000),
+      "learning_rate": (0.03, 0.1), "adam_learning_rate": (0.003, 0.01), "eval_every_steps": (468, 60),
+      "log_every_steps": (117, 15), "checkpoint_every_steps": (468, 60)}
   assert (short.learning_rate, short.augment.flip, short.eval_flip_tta) == (0.03, True, True)
-  with pytest.raises(ValueError, match="'94' \\(default\\) or 'short'"):
+  with pytest.raises(ValueError, match="'94' \\(default\\), 'conv3' or 'short'"):
     speedrun.get_config("long")
