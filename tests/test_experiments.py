@@ -10,8 +10,8 @@ import fmnist_jax
 from fmnist_jax import config_checks
 from fmnist_jax import models
 
-CONFIGS = [("base", ()), ("speedrun", ()), ("speedrun", ("conv3",)), ("speedrun", ("short",)), ("best", ()), ("best", ("cpu",)),
-           ("resnet_smoke", ())]
+CONFIGS = [("base", ()), ("speedrun", ()), ("speedrun", ("conv3",)), ("speedrun", ("short",)), ("best", ()),
+           ("best", ("cpu",)), ("resnet_smoke", ())]
 
 
 @pytest.mark.parametrize("name,args", CONFIGS)
