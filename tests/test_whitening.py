@@ -1,8 +1,6 @@
 """airbench's structure in the CNN: a patch-whitening stem with fixed filters, two-conv stages that
-pool after their first conv, BatchNorm without a scale. Known values, frozen filters, resume,
-vmap and several devices."""
-
-import json
+pool after their first conv, BatchNorm without a scale. Known values, frozen filters, resume and
+vmap."""
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +15,8 @@ from fmnist_jax import models
 from fmnist_jax import steps
 from fmnist_jax import train
 from fmnist_jax import whitening
-from tests.conftest import assert_resume_across_an_epoch_is_bitwise, final_params, run_module, tiny_config
-from tests.test_ensemble import assert_params_close
+from tests.conftest import assert_resume_across_an_epoch_is_bitwise, final_params, tiny_config
+from tests.test_recipes import assert_close
 
 AIRBENCH = {"model.whiten_kernel_size": 2, "model.convs_per_stage": 2, "model.batch_norm": True,
             "model.batch_norm_scale": False}
@@ -111,30 +109,12 @@ def test_whitened_runs_resume_bitwise_vmap_like_single_runs_and_evaluate_from_th
   args = {**AIRBENCH, "batch_size": 2000, "num_train_steps": 40, "checkpoint_every_steps": 10}
   members = [str(tmp_path / "member0"), str(tmp_path / "member1")]
   outcomes = train.train_and_evaluate_many([tiny_config(**args), tiny_config(seed=1, **args)], members)
-  assert_params_close(final_params(members[0])[1], final_params(straight)[1])
+  # BatchNorm statistics and Muon's orthogonalization amplify the vmapped sums' float32 reordering
+  # (2.9e-4 measured); the other seed's parameters differ by ~1e-2.
+  assert_close(final_params(members[0])[1], final_params(straight)[1], rtol=1e-3, atol=1e-3)
   # Both members share the data's filters, whatever their seeds.
   np.testing.assert_array_equal(final_params(members[1])[1]["whiten"]["kernel"],
                                 final_params(straight)[1]["whiten"]["kernel"])
   evaluation = evaluate.evaluate_workdir(members[0])  # Restores without the training images.
   assert evaluation.metrics["accuracy"] == pytest.approx(outcomes[0].metrics["accuracy"], abs=1e-6)
 
-
-EIGHT_DEVICE_SCRIPT = """
-import json, sys
-import jax
-from fmnist_jax import train
-from tests.conftest import tiny_config
-from tests.test_whitening import AIRBENCH
-print(json.dumps({"devices": jax.device_count(),
-                  "metrics": train.train_and_evaluate(tiny_config(batch_size=96, **AIRBENCH), sys.argv[1])}))
-"""
-
-
-@pytest.mark.slow
-def test_eight_devices_train_a_whitened_network_as_one_device(tmp_path):
-  r = run_module(["-c", EIGHT_DEVICE_SCRIPT, str(tmp_path / "eight")],
-                 env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, timeout=900)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert json.loads(r.stdout.strip().splitlines()[-1])["devices"] == 8
-  train.train_and_evaluate(tiny_config(batch_size=96, **AIRBENCH), str(tmp_path / "one"))
-  assert_params_close(final_params(str(tmp_path / "eight"))[1], final_params(str(tmp_path / "one"))[1])
