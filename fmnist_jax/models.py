@@ -68,7 +68,7 @@ class CNN(nn.Module):
     normalizes with the batch's statistics and updates its running ones only in training."""
     x = x.astype(self.dtype)
     if self.whiten_kernel_size:
-      x = self.activation(WhiteningStem(self.whiten_kernel_size, self.dtype, self.conv, name="whiten")(x))
+      x = self.activation(WhiteningStem(self.whiten_kernel_size, self.dtype, self.conv, name=whitening.STEM)(x))
 
     def conv(x, features):
       return nn.Conv(features, tuple(self.kernel_size), padding="SAME", dtype=self.dtype,

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from fmnist_jax import config_checks
+from fmnist_jax import whitening
 
 
 def _cosine(start: float, end: float, steps: int):
@@ -48,7 +49,7 @@ def schedule_factor(config, num_steps: int):
 
 def _trained_kernel(path, p) -> bool:
   """A kernel (rank > 1) other than a whitening stem's fixed filters."""
-  return p.ndim > 1 and not any(getattr(k, "key", None) == "whiten" for k in path)
+  return p.ndim > 1 and not any(getattr(k, "key", None) == whitening.STEM for k in path)
 
 
 def _decay_mask(params):

@@ -51,7 +51,7 @@ def init_variables(config, rng: jax.Array, train_images=None) -> tuple:
     if train_images is None:
       raise ValueError("a whitening stem (config.model.whiten_kernel_size > 0) is computed from train_images")
     kernel = whitening.patch_whitening(train_images, config.model.whiten_kernel_size, config.model.whiten_eps)
-    params = {**params, "whiten": {**params["whiten"], "kernel": kernel}}
+    params = {**params, whitening.STEM: {**params[whitening.STEM], "kernel": kernel}}
   batch_stats = variables.get("batch_stats")  # None for a model without BatchNorm.
   ema_params, ema_batch_stats = jax.tree.map(jnp.copy, (params, batch_stats)) if config.ema_decay else (None, None)
   return params, {"batch_stats": batch_stats, "ema_params": ema_params, "ema_batch_stats": ema_batch_stats}

@@ -8,6 +8,7 @@ The stem's k×k filters are the eigenvectors of the images' k×k patch covarianc
 import jax
 import jax.numpy as jnp
 
+STEM = "whiten"  # The stem module's name: its parameters are params[STEM] ("kernel", "bias").
 CHUNK = 1000  # Images per covariance partial sum: bounds the patches held at once (memory only).
 
 
@@ -18,7 +19,9 @@ def num_filters(kernel_size: int, channels: int) -> int:
 
 def patch_whitening(images: jnp.ndarray, kernel_size: int, eps: float) -> jnp.ndarray:
   """A conv kernel [k, k, C, 2k²C] from float images [N, H, W, C]: the whitening directions of their
-  k×k patches (uncentered covariance; strongest direction first), then the same negated."""
+  k×k patches (uncentered covariance; strongest direction first), then the same negated. The
+  images are summed in N // CHUNK equal chunks: the last N mod (N // CHUNK) are left out (none of
+  the 60,000 training images)."""
   n, _, _, c = images.shape
   k = kernel_size
   chunks = max(n // CHUNK, 1)
