@@ -75,6 +75,7 @@ def describe(config, trainer: train.Trainer) -> Dict:
       "num_devices": jax.device_count(), "jax_version": jax.__version__,
       "batch_size": config.batch_size, "dtype": config.dtype, "fused": trainer.fused,
       "model": config.model.name, "conv_impl": trainer.runtime.conv_impl,
+      "stem_impl": trainer.runtime.stem_impl if config.model.get("whiten_kernel_size") else None,
       "pool_impl": trainer.runtime.pool_impl if config.model.name == "cnn" else None,
       "xla_options": trainer.runtime.compiler_options,
       "matmul_precision": jax.config.jax_default_matmul_precision or "default",

@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.batch_norm_scale = True  # BatchNorm learns a scale (False: offset only, the scale fixed at 1).
   config.model.convs_per_stage = 1  # 1: conv-act-pool stages; 2: conv-pool-act-conv-act (the second conv at half size).
   config.model.whiten_kernel_size = 0  # k > 0: a first VALID kxk conv with fixed patch-whitening filters of the training images (fmnist_jax/whitening.py).
+  config.model.whiten_directions = 0  # The stem keeps this many strongest patch directions (and their negatives); 0: all k*k*C.
   config.model.whiten_eps = 5e-4  # Added to each patch-covariance eigenvalue before its filter is scaled by 1/sqrt.
   config.dtype = "float32"  # Compute dtype ("float32" or "bfloat16"); parameters and Adam state stay float32.
 
@@ -66,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.label_smoothing = 0.0  # Training targets (1 - a) * one_hot + a / num_classes (0: plain cross-entropy).
   config.ema_decay = 0.0  # Evaluate and predict with an EMA of the parameters of this decay (0: off).
   config.eval_flip_tta = False  # Evaluation and prediction average the logits of each image and its mirror.
-  config.eval_tta_shift_pixels = 0  # ...and of its shifts by this many pixels up, down, left and right (0: none).
+  config.eval_tta_shift_pixels = 0  # ...and of its shifts by 1, ..., this many pixels up, down, left and right (0: none).
   config.augment = ml_collections.ConfigDict()  # On-device training augmentation (fmnist_jax/augment.py).
   config.augment.flip = False  # Mirror each training image left-right with probability 1/2.
   config.augment.alternate_flip = False  # Mirror each image in every other epoch (which: a per-image coin); not with flip.

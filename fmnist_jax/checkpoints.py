@@ -23,11 +23,9 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
-import fmnist_jax
 from fmnist_jax import errors
 from fmnist_jax import inference
 from fmnist_jax import models
@@ -268,7 +266,7 @@ def restore_for_inference(workdir: str) -> Restored:
     model = models.create_model(config)
     abstract_params, abstract_model_state = jax.eval_shape(
         functools.partial(steps.init_variables, config), jax.random.PRNGKey(0),
-        jax.ShapeDtypeStruct((1,) + fmnist_jax.IMAGE_SHAPE, jnp.float32))  # Shapes only.
+        steps.abstract_stem_kernel(config))  # Shapes only.
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     raise errors.CheckpointError(
         f"{run_folder.config_path(workdir)} does not describe a model ({type(e).__name__}: {e}); restore the "

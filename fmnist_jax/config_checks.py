@@ -36,7 +36,7 @@ SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "one_cycle")  # confi
 ENUMERATED_FIELDS = {"data.source": DATA_SOURCES, "model.name": MODEL_NAMES, "model.activation": ACTIVATIONS,
                      "dtype": DTYPES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
                      "runtime.fuse_steps": runtime.FUSE_MODES, "runtime.conv_impl": runtime.CONV_IMPLS,
-                     "runtime.pool_impl": runtime.POOL_IMPLS}
+                     "runtime.stem_impl": runtime.STEM_IMPLS, "runtime.pool_impl": runtime.POOL_IMPLS}
 
 
 def _positive(config, name: str) -> None:
@@ -120,6 +120,10 @@ def check_model(config) -> None:
   if not (_is_number(eps) and math.isfinite(eps) and eps > 0):
     raise errors.ConfigError(f"config.model.whiten_eps={eps!r} must be > 0 (e.g. 5e-4): it keeps the "
                              "filters' 1/sqrt(eigenvalue) finite")
+  directions, patch_size = model.whiten_directions, whiten * whiten * fmnist_jax.IMAGE_SHAPE[2]
+  if isinstance(directions, bool) or not isinstance(directions, int) or not 0 <= directions <= max(patch_size, 1):
+    raise errors.ConfigError(f"config.model.whiten_directions={directions!r} must be 0 (all) or between 1 and "
+                             f"the {max(patch_size, 1)} directions of a whitening stem's patch")
   size = [s - max(whiten - 1, 0) for s in fmnist_jax.IMAGE_SHAPE[:2]]  # A whitening stem is a VALID conv.
   for _ in model.conv_features:  # Each conv keeps the size (SAME); its pool divides it (stride = window).
     size = [s // p for s, p in zip(size, model.pool_size)]
@@ -168,7 +172,7 @@ def check_runtime(rt, process: bool = True) -> None:
   """config.runtime: the execution settings (fmnist_jax/runtime.py); with `process`, also what they
   need of this process (XLA_FLAGS)."""
   for name, allowed in (("fuse_steps", runtime.FUSE_MODES), ("conv_impl", runtime.CONV_IMPLS),
-                        ("pool_impl", runtime.POOL_IMPLS)):
+                        ("stem_impl", runtime.STEM_IMPLS), ("pool_impl", runtime.POOL_IMPLS)):
     if rt[name] not in allowed:
       raise errors.ConfigError(f"config.runtime.{name}={rt[name]!r} must be one of {allowed}")
   if rt.cpu_ynn_fusions is not None and not set(runtime.ynn_fusions(rt)) <= set(runtime.YNN_FUSIONS):

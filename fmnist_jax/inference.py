@@ -21,7 +21,7 @@ def inference_variables(params, batch_stats=None, ema_params=None, ema_batch_sta
 class TTA(NamedTuple):
   """Test-time augmentation: the views of each image whose logits evaluation and prediction average."""
   flip: bool = False  # Each view and its mirror.
-  shift_pixels: int = 0  # The image and its four shifts by this many pixels up, down, left, right (0: none).
+  shift_pixels: int = 0  # The image and its shifts by 1, ..., this many pixels up, down, left, right (0: none).
 
 
 def tta_of(config) -> TTA:
@@ -30,8 +30,8 @@ def tta_of(config) -> TTA:
 
 def tta_views(images, tta: TTA) -> List:
   """The views averaged: the images first, then their shifts, each followed by its mirror when flipping."""
-  k = tta.shift_pixels
-  views = [images] + ([augment.shift(images, dy, dx) for dy, dx in ((-k, 0), (k, 0), (0, -k), (0, k))] if k else [])
+  views = [images] + [augment.shift(images, dy, dx) for d in range(1, tta.shift_pixels + 1)
+                      for dy, dx in ((-d, 0), (d, 0), (0, -d), (0, d))]
   return [v for view in views for v in ((view, view[:, :, ::-1]) if tta.flip else (view,))]
 
 

@@ -23,13 +23,14 @@ class WhiteningStem(nn.Module):
   (fmnist_jax/whitening.py); initialized here they are zeros."""
 
   kernel_size: int
+  directions: int = 0  # The patch directions kept (whitening.num_directions); 0: all.
   dtype: jnp.dtype = jnp.float32
-  conv: Callable = jax.lax.conv_general_dilated
+  conv: Callable = jax.lax.conv_general_dilated  # kernels.stem_conv_function picks it.
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     k, channels = self.kernel_size, x.shape[-1]
-    features = whitening.num_filters(k, channels)
+    features = whitening.num_filters(k, channels, self.directions)
     kernel = self.param("kernel", nn.initializers.zeros_init(), (k, k, channels, features))
     bias = self.param("bias", nn.initializers.zeros_init(), (features,))
     y = self.conv(x, jax.lax.stop_gradient(kernel).astype(self.dtype), (1, 1), "VALID",
@@ -42,7 +43,8 @@ class CNN(nn.Module):
 
   Beyond the seed: `batch_norm` puts BatchNorm between each conv and its activation (the convs
   then have no bias), and `dense_features=0` maps the flattened features straight to the logits.
-  airbench's structure: `whiten_kernel_size` puts a patch-whitening stem (and the activation) first;
+  airbench's structure: `whiten_kernel_size` puts a patch-whitening stem (and the activation) first,
+  `whiten_directions` keeping only its strongest patch directions;
   `convs_per_stage=2` makes each stage conv → pool → [BN] act → conv → [BN] act (its second conv
   at the pooled resolution); `batch_norm_scale=False` leaves BatchNorm without a learned scale.
   """
@@ -57,9 +59,11 @@ class CNN(nn.Module):
   batch_norm_momentum: float = 0.9
   batch_norm_scale: bool = True
   whiten_kernel_size: int = 0  # 0: no whitening stem.
+  whiten_directions: int = 0  # The stem's patch directions kept; 0: all.
   convs_per_stage: int = 1
   dtype: jnp.dtype = jnp.float32  # Compute dtype; parameters stay float32.
   conv: Callable = jax.lax.conv_general_dilated  # nn.Conv's convolution (kernels.conv_function picks it).
+  stem_conv: Callable = jax.lax.conv_general_dilated  # The whitening stem's (kernels.stem_conv_function picks it).
   max_pool: Callable = kernels.xla_max_pool  # (x, window) -> pooled; kernels.max_pool_function picks it.
 
   @nn.compact
@@ -68,7 +72,8 @@ class CNN(nn.Module):
     normalizes with the batch's statistics and updates its running ones only in training."""
     x = x.astype(self.dtype)
     if self.whiten_kernel_size:
-      x = self.activation(WhiteningStem(self.whiten_kernel_size, self.dtype, self.conv, name=whitening.STEM)(x))
+      x = self.activation(WhiteningStem(self.whiten_kernel_size, self.whiten_directions, self.dtype, self.stem_conv,
+                                          name=whitening.STEM)(x))
 
     def conv(x, features):
       return nn.Conv(features, tuple(self.kernel_size), padding="SAME", dtype=self.dtype,
@@ -182,8 +187,10 @@ def create_model(config, rt=None) -> nn.Module:
       batch_norm_momentum=m.batch_norm_momentum,
       batch_norm_scale=m.batch_norm_scale,
       whiten_kernel_size=m.whiten_kernel_size,
+      whiten_directions=m.whiten_directions,
       convs_per_stage=m.convs_per_stage,
       dtype=jnp.dtype(config.dtype),
       conv=kernels.conv_function(rt.conv_impl),
+      stem_conv=kernels.stem_conv_function(rt.stem_impl),
       max_pool=kernels.max_pool_function(rt.pool_impl),
   )

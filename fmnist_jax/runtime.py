@@ -10,6 +10,7 @@ What "auto" picks, and why (the measurements are in docs/performance.md and docs
   through a slow kernel.
 - conv "im2col" only for fused steps on the CPU (a matmul runs well inside a loop body there).
 - pool "slices" on the CPU, where select_and_scatter (XLA's max-pool gradient) is slow.
+- stem "slices" on the CPU, where XLA's convolution of a 1-channel image is slow.
 - vmapped sweep members: 16 at a time on GPU/TPU; one by one on the CPU, where vmap turns the
   convolutions into slower grouped ones.
 """
@@ -25,14 +26,15 @@ import ml_collections
 FUSE_MODES = ("auto", "on", "off")
 CONV_IMPLS = ("auto", "xla", "im2col")
 POOL_IMPLS = ("auto", "xla", "slices")
+STEM_IMPLS = ("auto", "xla", "slices")
 YNN_FUSIONS = ("dot", "eltwise", "reduce", "individual_dot", "individual_convolution")  # XLA's LibraryFusionType names.
 ACCELERATOR_VMAP_MEMBERS = 16  # Sweep group size on GPU/TPU.
 CPU_VMAP_MEMBERS = 1  # On the CPU sweep points train one by one.
 DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
 
 # The fields of config.runtime, which saved runs from before the section had at the top level.
-FIELDS = ("fuse_steps", "conv_impl", "pool_impl", "cpu_ynn_fusions", "retain_host_memory", "halt_on_nan",
-          "deterministic", "compilation_cache_dir", "profile_steps", "distributed_init_timeout_s",
+FIELDS = ("fuse_steps", "conv_impl", "stem_impl", "pool_impl", "cpu_ynn_fusions", "retain_host_memory",
+          "halt_on_nan", "deterministic", "compilation_cache_dir", "profile_steps", "distributed_init_timeout_s",
           "distributed_heartbeat_timeout_s")
 PROFILE_SUBDIR = "profile"  # <workdir>/profile: the jax.profiler trace of runtime.profile_steps.
 
@@ -42,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.fuse_steps = "auto"  # Steps between two host actions as one compiled fori_loop: "auto" (GPU/TPU on, CPU off), "on", "off".
   config.conv_impl = "auto"  # Convolution arithmetic, same parameters: "xla", "im2col" (slices + matmul), "auto" (im2col only for fused steps on the CPU).
+  config.stem_impl = "auto"  # Whitening-stem convolution arithmetic, same function: "xla", "slices" (shifted sum), "auto" (slices on the CPU).
   config.pool_impl = "auto"  # Max-pool arithmetic, same values and gradients: "xla" (select_and_scatter), "slices", "auto" (slices on the CPU).
   config.cpu_ynn_fusions = "dot,reduce"  # XLA:CPU ops given to YNNPACK, comma list of YNN_FUSIONS ("": Eigen for all; None: jaxlib's default).
   config.retain_host_memory = True  # glibc keeps freed host memory mapped for reuse (a CPU step page-faulted ~200 MB in again otherwise).
@@ -61,6 +64,7 @@ class Runtime:
   backend: str
   fused: bool  # Steps between host actions run as one compiled loop.
   conv_impl: str  # "xla" or "im2col".
+  stem_impl: str  # "xla" or "slices".
   pool_impl: str  # "xla" or "slices".
   compiler_options: Optional[Dict[str, str]]  # XLA options of every compiled program (None: jaxlib's).
   vmap_members: int  # Default sweep group size.
@@ -68,7 +72,7 @@ class Runtime:
 
   def describe(self) -> str:
     return (f"backend {self.backend}, steps {'fused' if self.fused else 'one by one'}, conv {self.conv_impl}, "
-            f"pool {self.pool_impl}, XLA options {self.compiler_options or 'default'}, "
+            f"stem {self.stem_impl}, pool {self.pool_impl}, XLA options {self.compiler_options or 'default'}, "
             f"sweep members vmapped {self.vmap_members}")
 
 
@@ -88,6 +92,9 @@ def resolve(runtime_config, backend: Optional[str] = None) -> Runtime:
   conv = runtime_config.conv_impl
   if conv == "auto":
     conv = "im2col" if (on_cpu and fused) else "xla"
+  stem = runtime_config.stem_impl
+  if stem == "auto":
+    stem = "slices" if on_cpu else "xla"
   pool = runtime_config.pool_impl
   if pool == "auto":
     pool = "slices" if on_cpu else "xla"
@@ -95,8 +102,8 @@ def resolve(runtime_config, backend: Optional[str] = None) -> Runtime:
   if on_cpu and runtime_config.cpu_ynn_fusions is not None:
     options = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
         f"LIBRARY_FUSION_TYPE_{f.upper()}" for f in ynn_fusions(runtime_config))}
-  return Runtime(backend=backend, fused=fused, conv_impl=conv, pool_impl=pool, compiler_options=options,
-                 vmap_members=CPU_VMAP_MEMBERS if on_cpu else ACCELERATOR_VMAP_MEMBERS,
+  return Runtime(backend=backend, fused=fused, conv_impl=conv, stem_impl=stem, pool_impl=pool,
+                 compiler_options=options, vmap_members=CPU_VMAP_MEMBERS if on_cpu else ACCELERATOR_VMAP_MEMBERS,
                  halt_on_nan=bool(runtime_config.halt_on_nan))
 
 

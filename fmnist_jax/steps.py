@@ -41,27 +41,45 @@ def derive_keys(seed: int) -> tuple:
   return jax.random.fold_in(rng, 0), jax.random.fold_in(rng, 1), jax.random.fold_in(rng, 2)
 
 
-def init_variables(config, rng: jax.Array, train_images=None) -> tuple:
+def stem_kernel(config, train_images):
+  """The whitening stem's fixed filters from the uint8 training images (fmnist_jax/whitening.py), or
+  None where the config has no stem."""
+  m = config.model
+  if not m.get("whiten_kernel_size"):
+    return None
+  return whitening.patch_whitening(train_images, m.whiten_kernel_size, m.whiten_eps, m.whiten_directions)
+
+
+def abstract_stem_kernel(config):
+  """stem_kernel's shape (jax.eval_shape of a state without the images), or None."""
+  m = config.model
+  if not m.get("whiten_kernel_size"):
+    return None
+  return jax.ShapeDtypeStruct(whitening.kernel_shape(m.whiten_kernel_size, fmnist_jax.IMAGE_SHAPE[-1],
+                                                     m.whiten_directions), jnp.float32)
+
+
+def init_variables(config, rng: jax.Array, stem=None) -> tuple:
   """(params, model state) of a fresh model: the state's fields are TrainState's beyond the
   parameters, None (an empty tree) where the config has none. A whitening stem's filters are
-  computed from `train_images` (float [N, 28, 28, 1]; required then, unused otherwise)."""
+  `stem` (`stem_kernel(config, train_images)`; required then, unused otherwise)."""
   variables = models.create_model(config).init(rng, jnp.zeros((1,) + fmnist_jax.IMAGE_SHAPE, jnp.float32))
   params = variables["params"]
   if config.model.get("whiten_kernel_size"):
-    if train_images is None:
-      raise ValueError("a whitening stem (config.model.whiten_kernel_size > 0) is computed from train_images")
-    kernel = whitening.patch_whitening(train_images, config.model.whiten_kernel_size, config.model.whiten_eps)
-    params = {**params, whitening.STEM: {**params[whitening.STEM], "kernel": kernel}}
+    if stem is None:
+      raise ValueError("a whitening stem (config.model.whiten_kernel_size > 0) needs its filters: "
+                       "steps.stem_kernel(config, train_images)")
+    params = {**params, whitening.STEM: {**params[whitening.STEM], "kernel": jnp.asarray(stem)}}
   batch_stats = variables.get("batch_stats")  # None for a model without BatchNorm.
   ema_params, ema_batch_stats = jax.tree.map(jnp.copy, (params, batch_stats)) if config.ema_decay else (None, None)
   return params, {"batch_stats": batch_stats, "ema_params": ema_params, "ema_batch_stats": ema_batch_stats}
 
 
-def create_train_state(config, rng: jax.Array, train_images=None, runtime=None) -> TrainState:
+def create_train_state(config, rng: jax.Array, stem=None, runtime=None) -> TrainState:
   """Fresh parameters, model state and optimizer state (its schedule spans the run's steps);
-  `train_images` as for init_variables; `runtime` (a resolved fmnist_jax.runtime.Runtime) picks the
+  `stem` as for init_variables; `runtime` (a resolved fmnist_jax.runtime.Runtime) picks the
   layer arithmetic, default: resolved for JAX's default backend (initial values do not depend on it)."""
-  params, model_state = init_variables(config, rng, train_images)
+  params, model_state = init_variables(config, rng, stem)
   return TrainState.create(apply_fn=models.create_model(config, runtime).apply, params=params,
                            tx=optimizers.create(config, num_train_steps(config)), **model_state)
 

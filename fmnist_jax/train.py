@@ -103,8 +103,8 @@ class Trainer:
     replicated = parallel.replicated(mesh)
     jit = functools.partial(jax.jit, compiler_options=self.runtime.compiler_options)
     # Members are initialized one by one: a vmapped init compiled 2x slower than the single one.
-    self._init = jit(lambda key, images: steps.create_train_state(  # A whitening stem reads the images.
-        config, key, input_pipeline.to_float(images), runtime=self.runtime), out_shardings=replicated)
+    self._init = jit(lambda key, stem: steps.create_train_state(config, key, stem, runtime=self.runtime),
+                     out_shardings=replicated)
     train_steps = functools.partial(steps.train_steps, config=config, mesh=mesh)
     tta = inference.tta_of(config)
     permutation = functools.partial(input_pipeline.epoch_permutation, num_examples=num_train)
@@ -122,14 +122,16 @@ class Trainer:
 
   def initial_state(self):
     """A fresh state of this trainer's own config."""
-    return self._init(steps.derive_keys(self.config.seed)[0], self.train_images)
+    return self._init(steps.derive_keys(self.config.seed)[0], steps.stem_kernel(self.config, self.train_images))
 
   def abstract_state(self):
-    return jax.eval_shape(self._init, steps.derive_keys(self.config.seed)[0], self.train_images)
+    return jax.eval_shape(self._init, steps.derive_keys(self.config.seed)[0], steps.abstract_stem_kernel(self.config))
 
   def initial_states(self, configs: Sequence):
-    """Fresh states, each member with its seed's parameters and its own hyperparameters."""
-    return self.stack([self._init(steps.derive_keys(c.seed)[0], self.train_images) for c in configs], configs)
+    """Fresh states, each member with its seed's parameters and its own hyperparameters; a whitening
+    stem's filters (the same for every member: the model and data are the program's) computed once."""
+    stem = steps.stem_kernel(self.config, self.train_images)
+    return self.stack([self._init(steps.derive_keys(c.seed)[0], stem) for c in configs], configs)
 
   def stack(self, states: Sequence, configs: Sequence):
     """Member states (fresh or restored), each with its config's hyperparameters."""

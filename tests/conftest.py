@@ -116,9 +116,8 @@ def final_params(workdir):
   from fmnist_jax import run_folder  # pylint: disable=g-import-not-at-top
   from fmnist_jax import steps  # pylint: disable=g-import-not-at-top
   config = run_folder.load_config(workdir)
-  import fmnist_jax  # pylint: disable=g-import-not-at-top
-  images = jax.ShapeDtypeStruct((1,) + fmnist_jax.IMAGE_SHAPE, "float32")  # Shapes only (a whitening stem's filters).
-  abstract = jax.eval_shape(lambda x: steps.create_train_state(config, jax.random.PRNGKey(0), x).params, images)
+  abstract = jax.eval_shape(lambda stem: steps.create_train_state(config, jax.random.PRNGKey(0), stem).params,
+                            steps.abstract_stem_kernel(config))
   return checkpoints.Checkpointer(workdir, read_only=True).restore_params(abstract)
 
 

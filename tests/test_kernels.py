@@ -1,4 +1,4 @@
-"""The speed options (conv_impl, pool_impl, cpu_ynn_fusions) change arithmetic, never the model."""
+"""The speed options (conv_impl, stem_impl, pool_impl, cpu_ynn_fusions) change arithmetic, never the model."""
 
 import flax.linen as nn
 import jax
@@ -12,6 +12,7 @@ from fmnist_jax import errors
 from fmnist_jax import kernels
 from fmnist_jax import models
 from fmnist_jax import runtime
+from fmnist_jax import whitening
 from tests.conftest import tiny_config
 
 
@@ -60,6 +61,34 @@ def test_im2col_conv_matches_xla_with_strides(kernel, strides, padding):
   np.testing.assert_allclose(kernels.im2col_conv(x, w, *args), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel,channels", [(2, 1), (3, 1), (3, 2)])
+def test_shifted_sum_conv_matches_xla_valid(kernel, channels):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((3, 28, 27, channels)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, channels, 2 * kernel * kernel * channels)), jnp.float32)
+  expected = jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  got = kernels.shifted_sum_conv(x, w, (1, 1), "VALID")
+  assert got.shape == expected.shape == (3, 29 - kernel, 28 - kernel, w.shape[-1])
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  with pytest.raises(NotImplementedError):
+    kernels.shifted_sum_conv(x, w, (1, 1), "SAME")
+
+
+def test_stem_impls_share_the_whitened_models_parameters_and_outputs():
+  config = lambda impl: tiny_config(**{"model.whiten_kernel_size": 3, "model.batch_norm": True,
+                                       "runtime.stem_impl": impl})
+  xla, slices = models.create_model(config("xla")), models.create_model(config("slices"))
+  assert (xla.stem_conv, slices.stem_conv) == (jax.lax.conv_general_dilated, kernels.shifted_sum_conv)
+  images = jnp.asarray(np.random.default_rng(1).random((4, 28, 28, 1)), jnp.float32)
+  variables = xla.init(jax.random.PRNGKey(0), images[:1])
+  stem = variables["params"][whitening.STEM]
+  stem = {**stem, "kernel": jax.random.normal(jax.random.PRNGKey(1), stem["kernel"].shape)}  # Not the zeros of init.
+  variables = {**variables, "params": {**variables["params"], whitening.STEM: stem}}
+  np.testing.assert_allclose(slices.apply(variables, images), xla.apply(variables, images), rtol=1e-4, atol=1e-5)
+  assert runtime.resolve(config("auto").runtime, "cpu").stem_impl == "slices"
+  assert runtime.resolve(config("auto").runtime, "gpu").stem_impl == "xla"
+
+
 @pytest.mark.parametrize("shape,window", [((3, 28, 28, 4), (2, 2)), ((2, 13, 11, 3), (3, 2))])
 def test_strided_max_pool_matches_flax_bitwise_ties_included(shape, window):
   rng = np.random.default_rng(0)
@@ -78,7 +107,7 @@ def test_auto_choices_and_unknown_names():
   assert runtime.resolve(tiny_config(**{"runtime.fuse_steps": "auto"}).runtime).conv_impl == "xla"
   assert runtime.resolve(tiny_config(**{"runtime.fuse_steps": "on"}).runtime).conv_impl == ("im2col" if cpu else "xla")
   assert runtime.resolve(tiny_config().runtime).pool_impl == ("slices" if cpu else "xla")
-  for field in ("conv_impl", "pool_impl"):
+  for field in ("conv_impl", "stem_impl", "pool_impl"):
     with pytest.raises(errors.ConfigError, match=field):
       config_checks.validate(tiny_config(**{f"runtime.{field}": "fft"}), 1)
 

@@ -86,7 +86,8 @@ def test_batch_statistics_change_in_training_and_not_in_evaluation(fmnist):
                                                    rel=1e-5)
 
 
-@pytest.mark.parametrize("flip, shift_pixels, num_views", [(False, 0, 1), (True, 0, 2), (False, 2, 5), (True, 1, 10)])
+@pytest.mark.parametrize("flip, shift_pixels, num_views",
+                         [(False, 0, 1), (True, 0, 2), (False, 2, 9), (True, 1, 10), (True, 2, 18)])
 def test_tta_averages_the_logits_of_the_image_its_shifts_and_mirrors(flip, shift_pixels, num_views):
   images = jax.random.uniform(jax.random.PRNGKey(3), (4, 28, 28, 1))
   weights = jax.random.normal(jax.random.PRNGKey(4), (28 * 28, 10))
@@ -100,9 +101,8 @@ def test_tta_averages_the_logits_of_the_image_its_shifts_and_mirrors(flip, shift
   assert len(views) == num_views
   np.testing.assert_array_equal(views[0], images)
   expected = [images]
-  if shift_pixels:
-    expected += [augment.shift(images, dy, dx) for dy, dx in
-                 ((-shift_pixels, 0), (shift_pixels, 0), (0, -shift_pixels), (0, shift_pixels))]
+  for d in range(1, shift_pixels + 1):  # Every shift by 1..shift_pixels pixels along each axis.
+    expected += [augment.shift(images, dy, dx) for dy, dx in ((-d, 0), (d, 0), (0, -d), (0, d))]
   for view in expected:  # Each expected view is among the views, and so is its mirror when flipping.
     assert any(np.array_equal(view, v) for v in views)
     assert flip == any(np.array_equal(view[:, :, ::-1], v) for v in views)

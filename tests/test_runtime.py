@@ -49,8 +49,9 @@ def test_without_mallopt_retaining_memory_reports_false(monkeypatch):
 def test_auto_resolves_per_backend():
   rt = tiny_config().runtime
   cpu, gpu = runtime.resolve(rt, "cpu"), runtime.resolve(rt, "gpu")
-  assert (cpu.fused, cpu.conv_impl, cpu.pool_impl, cpu.vmap_members) == (False, "xla", "slices", 1)
-  assert (gpu.fused, gpu.conv_impl, gpu.pool_impl, gpu.vmap_members) == (True, "xla", "xla", 16)
+  assert (cpu.fused, cpu.conv_impl, cpu.stem_impl, cpu.pool_impl, cpu.vmap_members) == (
+      False, "xla", "slices", "slices", 1)
+  assert (gpu.fused, gpu.conv_impl, gpu.stem_impl, gpu.pool_impl, gpu.vmap_members) == (True, "xla", "xla", "xla", 16)
   assert gpu.compiler_options is None and "LIBRARY_FUSION_TYPE_DOT" in cpu.compiler_options[
       "xla_cpu_experimental_ynn_fusion_type"]
   fused_cpu = runtime.resolve(tiny_config(**{"runtime.fuse_steps": "on"}).runtime, "cpu")
