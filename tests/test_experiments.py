@@ -50,7 +50,8 @@ def test_speedrun_variants_differ_only_in_their_recipes():
   assert _differences(conv3, record) == {
       "model.whiten_kernel_size": (0, 2), "model.convs_per_stage": (1, 2), "batch_size": (128, 1000),
       "learning_rate": (0.03, 0.1), "adam_learning_rate": (0.003, 0.01), "eval_every_steps": (468, 60),
-      "log_every_steps": (117, 15), "checkpoint_every_steps": (468, 60), "eval_tta_shift_pixels": (1, 2)}
+      "log_every_steps": (117, 15), "checkpoint_every_steps": (468, 60), "eval_tta_shift_pixels": (1, 2),
+      "model.activation": ("relu", "gelu")}
   assert (short.learning_rate, short.augment.flip, short.eval_flip_tta) == (0.03, True, True)
   with pytest.raises(ValueError, match="'94' \\(default\\), 'conv3' or 'short'"):
     speedrun.get_config("long")
