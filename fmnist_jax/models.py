@@ -29,10 +29,9 @@ class WhiteningStem(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    k, channels = self.kernel_size, x.shape[-1]
-    features = whitening.num_filters(k, channels, self.directions)
-    kernel = self.param("kernel", nn.initializers.zeros_init(), (k, k, channels, features))
-    bias = self.param("bias", nn.initializers.zeros_init(), (features,))
+    shape = whitening.kernel_shape(self.kernel_size, x.shape[-1], self.directions)  # patch_whitening's.
+    kernel = self.param("kernel", nn.initializers.zeros_init(), shape)
+    bias = self.param("bias", nn.initializers.zeros_init(), shape[-1:])
     y = self.conv(x, jax.lax.stop_gradient(kernel).astype(self.dtype), (1, 1), "VALID",
                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + bias.astype(self.dtype)
